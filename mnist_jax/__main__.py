@@ -1,0 +1,6 @@
+"""`python -m mnist_jax ...`: see mnist_jax.cli."""
+
+from mnist_jax.cli import run
+
+if __name__ == "__main__":
+  run()

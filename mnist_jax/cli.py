@@ -1,0 +1,106 @@
+"""Command line: `python -m mnist_jax COMMAND [flags]`.
+
+  train     --config configs/cnn.py --workdir runs/cnn [--config.num_epochs=3 ...]
+  evaluate  --workdir runs/cnn
+
+Kept thin on purpose: every command calls a library function. Bad input ends
+in one line on stderr, `error: ...`, and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Dict, List, Tuple
+
+# Quiet TensorFlow's C++ start-up chatter (it is only used by tfds to read data).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mnist_jax.errors import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (e.g. configs/cnn.py); override fields with "
+    "--config.FIELD=VALUE.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, "
+                    "checkpoints.")
+flags.DEFINE_string("data_dir", None, "Folder with the four original MNIST .gz "
+                    "files (default: $MNIST_DIR).")
+
+
+def _require(*names: str) -> None:
+  for name in names:
+    if FLAGS[name].value is None:
+      raise UserError(f"--{name} is required for this command.")
+
+
+def cmd_train(args: List[str]) -> int:
+  _require("config", "workdir")
+  from mnist_jax.train import train_and_evaluate
+  final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir)
+  print(f"final test accuracy {final['test_accuracy']:.4f} "
+        f"(loss {final['test_loss']:.4f}) after {final['epoch']} epochs; "
+        f"run saved in {FLAGS.workdir}")
+  return 0
+
+
+def cmd_evaluate(args: List[str]) -> int:
+  _require("workdir")
+  from mnist_jax.train import restore_and_evaluate
+  result = restore_and_evaluate(FLAGS.workdir, mnist_dir=FLAGS.data_dir)
+  print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f} "
+        f"({result['count']} images)")
+  return 0
+
+
+COMMANDS: Dict[str, Tuple[Callable[[List[str]], int], str]] = {
+    "train": (cmd_train, "train a config and evaluate it on the test set"),
+    "evaluate": (cmd_evaluate, "restore a trained run and evaluate it"),
+}
+
+
+def usage() -> str:
+  lines = ["usage: python -m mnist_jax COMMAND [flags]", "", "commands:"]
+  lines += [f"  {name:10s} {text}" for name, (_, text) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def _one_line(error: Exception) -> str:
+  """absl/config_flags messages can be multi-line reprs of a KeyError."""
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]  # a repr'd string: drop its quotes and escapes
+  text = text.replace("\\n", " ").replace("\\'", "'")
+  return " ".join(text.split())
+
+
+def main(argv: List[str]) -> int:
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    return 0 if len(argv) >= 2 else 2
+  command = argv[1]
+  if command not in COMMANDS:
+    raise UserError(f"unknown command {command!r}: use one of "
+                    f"{', '.join(COMMANDS)}.")
+  try:
+    rest = FLAGS([argv[0]] + argv[2:])
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # config_flags reports a misspelt --config.FIELD as one of these.
+    raise UserError(f"bad flag: {_one_line(e)}") from None
+  return COMMANDS[command][0](rest[1:])
+
+
+def run() -> None:
+  try:
+    code = main(sys.argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    code = e.exit_code
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    code = 130
+  sys.exit(code)
