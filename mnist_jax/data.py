@@ -82,6 +82,8 @@ def _builder(data_dir: Optional[str]):
 def prepare(mnist_dir: Optional[str] = None, data_dir: Optional[str] = None):
   """Returns a prepared tfds `mnist` builder, preparing it offline if needed."""
   import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download.download_manager import (
+      NonMatchingChecksumError)
   builder = _builder(data_dir)
   if builder.is_prepared():
     return builder
@@ -90,7 +92,7 @@ def prepare(mnist_dir: Optional[str] = None, data_dir: Optional[str] = None):
   config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
   try:
     builder.download_and_prepare(download_config=config)
-  except tfds.download.NonMatchingChecksumError as e:
+  except NonMatchingChecksumError as e:
     found = re.search(r"downloaded to (\S+?),", str(e))
     path = found.group(1) if found else mnist_dir
     raise UserError(

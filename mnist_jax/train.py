@@ -198,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns the last epoch's metrics plus `num_params` and `compile_time_s`.
   """
   config_lib.validate(config)
+  build_model(config.model)  # rejects an impossible architecture before any work
   log = print if verbose else (lambda *a, **k: None)
   log(describe_devices())
   mesh = make_mesh()

@@ -1,0 +1,95 @@
+"""Model shapes, parameter counts on the real 28x28x1 input, and config checks."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mnist_jax import UserError
+from mnist_jax.models import build_model, cnn as cnn_lib
+from mnist_jax.models.layers import count_params, pool
+
+from configs import cnn as cnn_config, mlp as mlp_config
+
+MNIST_BATCH = jnp.zeros((4, 28, 28, 1), jnp.float32)
+
+
+def init(model_cfg):
+  model = build_model(model_cfg)
+  params = model.init(jax.random.key(0), MNIST_BATCH)["params"]
+  return model, params
+
+
+def test_mlp_is_the_articles_101770_parameters():
+  model, params = init(mlp_config.get_config().model)
+  # 784*128 + 128 = 100,480 (hidden) and 128*10 + 10 = 1,290 (output).
+  assert params["Dense_0"]["kernel"].shape == (784, 128)
+  assert count_params(params["Dense_0"]) == 100_480
+  assert count_params(params["Dense_1"]) == 1_290
+  assert count_params(params) == 101_770
+  assert model.apply({"params": params}, MNIST_BATCH).shape == (4, 10)
+
+
+def test_default_cnn_parameter_count_and_shapes():
+  model, params = init(cnn_config.get_config().model)
+  per_layer = {name: count_params(p) for name, p in params.items()}
+  # conv: k*k*c_in*c_out + c_out; after three 2x2 pools the map is 3x3x128.
+  assert per_layer == {"conv0": 3 * 3 * 1 * 32 + 32, "conv1": 3 * 3 * 32 * 64 + 64,
+                       "conv2": 3 * 3 * 64 * 128 + 128,
+                       "dense0": 3 * 3 * 128 * 128 + 128, "logits": 128 * 10 + 10}
+  assert count_params(params) == 241_546
+  assert model.apply({"params": params}, MNIST_BATCH).shape == (4, 10)
+
+
+def test_flatten_size_follows_kernel_stride_and_pooling():
+  cfg = cnn_config.get_config().model
+  cfg.strides = (2, 1, 1)
+  cfg.pooling = ("none", "max", "max")
+  # 28 -> stride 2 -> 14 -> 14 -> pool 7 -> 7 -> pool 3
+  assert cnn_lib.feature_map_sizes(cfg) == [14, 7, 3]
+  _, params = init(cfg)
+  assert params["dense0"]["kernel"].shape == (3 * 3 * 128, 128)
+
+
+@pytest.mark.parametrize("strides,pooling", [((3, 3, 3), ("max", "max", "max")),
+                                             ((2, 2, 2), ("max", "max", "max"))])
+def test_config_that_shrinks_the_map_to_nothing_is_rejected(strides, pooling):
+  cfg = cnn_config.get_config().model
+  cfg.strides, cfg.pooling = strides, pooling
+  with pytest.raises(UserError, match=r"stage \d: .*leaves nothing.*smaller strides"):
+    build_model(cfg)
+
+
+def test_mismatched_stage_lists_and_unknown_names_are_rejected():
+  cfg = cnn_config.get_config().model
+  cfg.kernel_sizes = (3, 3)
+  with pytest.raises(UserError, match="one entry per stage"):
+    build_model(cfg)
+  cfg = cnn_config.get_config().model
+  cfg.pooling = ("max", "median", "max")
+  with pytest.raises(UserError, match="unknown pooling 'median'"):
+    build_model(cfg)
+  with pytest.raises(UserError, match="unknown model 'resnet'.*cnn, mlp"):
+    build_model(ml_collections.ConfigDict({"name": "resnet"}))
+
+
+@pytest.mark.parametrize("size", [28, 14, 7])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_reshape_pooling_matches_flax_pooling_and_its_gradient(kind, size):
+  """The fast pooling must be the same function as nn.max_pool / nn.avg_pool."""
+  x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
+  reference = {"max": nn.max_pool, "avg": nn.avg_pool}[kind]
+
+  def ours(x):
+    return pool(x, kind, 2)
+
+  def theirs(x):
+    return reference(x, (2, 2), strides=(2, 2), padding="VALID")
+
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6)
+  weights = jax.random.normal(jax.random.key(2), theirs(x).shape)
+  g_ours = jax.grad(lambda x: jnp.sum(ours(x) * weights))(x)
+  g_theirs = jax.grad(lambda x: jnp.sum(theirs(x) * weights))(x)
+  np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-6)
