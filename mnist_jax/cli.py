@@ -1,7 +1,11 @@
 """Command line: `python -m mnist_jax COMMAND [flags]`.
 
   train     --config configs/cnn.py --workdir runs/cnn [--config.num_epochs=3 ...]
+            [--force] [--nodeterministic] [--multihost ...]
   evaluate  --workdir runs/cnn
+
+`train` on a workdir that holds the same config resumes it from its newest
+checkpoint.
 
 Kept thin on purpose: every command calls a library function. Bad input ends
 in one line on stderr, `error: ...`, and exit status 2, never a traceback.
@@ -30,6 +34,19 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl,
                     "checkpoints.")
 flags.DEFINE_string("data_dir", None, "Folder with the four original MNIST .gz "
                     "files (default: $MNIST_DIR).")
+flags.DEFINE_bool("force", False, "Overwrite a workdir that holds a run with "
+                  "another config (default: refuse and list the differences).")
+flags.DEFINE_bool("deterministic", True, "Deterministic GPU kernels "
+                  "(--xla_gpu_deterministic_ops); --nodeterministic trades "
+                  "bitwise reproducibility for speed. No effect on CPU.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize first: "
+                  "one process per host (TPU pod slice, GPU cluster).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for "
+                    "--multihost where JAX cannot detect it (e.g. localhost runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for --multihost "
+                     "where JAX cannot detect it.")
+flags.DEFINE_integer("process_id", None, "This process's index, for --multihost "
+                     "where JAX cannot detect it.")
 
 
 def _require(*names: str) -> None:
@@ -38,10 +55,21 @@ def _require(*names: str) -> None:
       raise UserError(f"--{name} is required for this command.")
 
 
+def _start_jax() -> None:
+  """XLA flags and multi-host set-up: both must precede JAX's first device use."""
+  from mnist_jax import runtime
+  runtime.set_gpu_determinism(FLAGS.deterministic)
+  if FLAGS.multihost:
+    runtime.init_multihost(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+
+
 def cmd_train(args: List[str]) -> int:
   _require("config", "workdir")
+  _start_jax()
   from mnist_jax.train import train_and_evaluate
-  final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir)
+  final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir,
+                             force=FLAGS.force)
   print(f"final test accuracy {final['test_accuracy']:.4f} "
         f"(loss {final['test_loss']:.4f}) after {final['epoch']} epochs; "
         f"run saved in {FLAGS.workdir}")
@@ -50,6 +78,7 @@ def cmd_train(args: List[str]) -> int:
 
 def cmd_evaluate(args: List[str]) -> int:
   _require("workdir")
+  _start_jax()
   from mnist_jax.train import restore_and_evaluate
   result = restore_and_evaluate(FLAGS.workdir, mnist_dir=FLAGS.data_dir)
   print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f} "

@@ -32,6 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "cosine"  # constant | cosine | onecycle | exponential
   config.optimizer.warmup_epochs = 0.0  # cosine only
   config.optimizer.decay_per_epoch = 0.98  # exponential only
+
+  # Checkpoints of the full train state; a run restarted on its workdir resumes.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 200  # also at each epoch end; 0: epoch ends only
+  config.checkpoint.max_to_keep = 3
   return config
 
 
@@ -43,6 +48,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.learning_rate <= 0:
     raise UserError(f"config.optimizer.learning_rate = "
                     f"{config.optimizer.learning_rate}: it must be positive.")
+  if int(config.checkpoint.every_steps) < 0:
+    raise UserError(f"config.checkpoint.every_steps = {config.checkpoint.every_steps}: "
+                    "use 0 (epoch ends only) or a positive number of steps.")
+  if int(config.checkpoint.max_to_keep) < 1:
+    raise UserError(f"config.checkpoint.max_to_keep = {config.checkpoint.max_to_keep}: "
+                    "keep at least 1 checkpoint.")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f"config.label_smoothing = {config.label_smoothing}: use a "
                     "value in [0, 1).")

@@ -137,13 +137,16 @@ def epoch_permutation(shuffle_key, epoch: int, num_examples: int) -> np.ndarray:
   return np.asarray(jax.random.permutation(key, num_examples))
 
 
-def train_batches(split: Split, batch_size: int, order: np.ndarray):
+def train_batches(split: Split, batch_size: int, order: np.ndarray,
+                  first_batch: int = 0):
   """Yields (images, labels) batches in `order`; the last partial batch is dropped.
 
   Dropping it keeps every step the same shape (one compilation) and every
   training image is still seen, in another position, in other epochs.
+  `first_batch` skips the batches a resumed run has already trained on.
   """
-  for start in range(0, len(order) - batch_size + 1, batch_size):
+  for start in range(first_batch * batch_size, len(order) - batch_size + 1,
+                     batch_size):
     idx = order[start:start + batch_size]
     yield split.images[idx], split.labels[idx]
 

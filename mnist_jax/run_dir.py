@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Dict, List
 
 import ml_collections
@@ -31,10 +32,67 @@ METRIC_KEYS = (
 )
 
 
+def _write_atomic(path: str, text: str) -> None:
+  """Write-then-rename, so a kill never leaves a half-written file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def config_as_dict(config: ml_collections.ConfigDict) -> Dict:
+  """The config as config.json stores it (tuples become lists)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  _write_atomic(os.path.join(workdir, CONFIG_FILE),
+                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def _flatten(tree: Dict, prefix: str = "") -> Dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(saved: Dict, new: Dict) -> List[str]:
+  """'key: saved -> new' for every leaf that differs, missing ones included."""
+  a, b = _flatten(saved), _flatten(new)
+  return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
+          for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
+  """Makes `workdir` this config's run: new, the same config (resume), or forced.
+
+  A workdir trained with another config is refused, naming the differing keys,
+  unless `force`, which deletes its config, metrics and checkpoints first.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      diffs = config_differences(json.load(f), config_as_dict(config))
+    if diffs and not force:
+      raise UserError(
+          f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
+          "use a new --workdir, or pass --force to overwrite that run.")
+    if diffs:
+      clear(workdir)
+  write_config(workdir, config)
+
+
+def clear(workdir: str) -> None:
+  """Deletes a run's results (config, metrics, checkpoints), nothing else."""
+  for name in (CONFIG_FILE, METRICS_FILE):
+    if os.path.isfile(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  shutil.rmtree(checkpoint_dir(workdir), ignore_errors=True)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -52,6 +110,18 @@ def append_metrics(workdir: str, metrics: Dict) -> None:
     raise ValueError(f"epoch metrics lack {sorted(missing)}")
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(metrics, sort_keys=True) + "\n")
+
+
+def keep_epochs(workdir: str, completed: int) -> None:
+  """Drops metric lines past epoch `completed`: a resumed run writes them again.
+
+  A run killed after writing epoch E's line but before its checkpoint became
+  durable redoes epoch E; without this, E would appear twice.
+  """
+  lines = [m for m in read_metrics(workdir) if m["epoch"] <= completed]
+  if len(lines) != len(read_metrics(workdir)):
+    _write_atomic(os.path.join(workdir, METRICS_FILE),
+                  "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
 
 
 def read_metrics(workdir: str) -> List[Dict]:

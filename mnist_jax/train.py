@@ -5,16 +5,23 @@ jit-compiled once ahead of the loop with the state donated. Each epoch is a
 Python loop of jitted steps rather than one `lax.scan`: on the project's CPUs
 the scan form measured ten times slower (FIELD_NOTES).
 
-Batches are sharded over every local device along a 'data' mesh axis and the
-state is replicated; one device is just a mesh of size one.
+Batches are sharded over every device (of every process) along a 'data'
+mesh axis and the state is replicated; one device is just a mesh of size one.
+Each process puts only its own rows of a batch on its devices.
+
+A run checkpoints every `config.checkpoint.every_steps` steps and at each
+epoch end; started again on the same workdir it resumes from the newest
+checkpoint and ends with the same parameters and metrics as an uninterrupted
+run. A NaN or inf loss stops the run before any non-finite state is saved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
@@ -74,6 +82,38 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array,
   return state, metrics
 
 
+def zero_sums() -> Dict[str, jax.Array]:
+  """An epoch's running train sums before its first step."""
+  return {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+          "count": jnp.zeros((), jnp.int32),
+          "first_bad_step": jnp.full((), -1, jnp.int32)}
+
+
+def accumulate_step(state: TrainState, sums: Dict, batch: Batch, rng: jax.Array,
+                    label_smoothing: float = 0.0) -> Tuple[TrainState, Dict]:
+  """`train_step`, adding its metrics to the epoch's running sums on device.
+
+  Summing on device, in step order, needs no host sync per step and gives the
+  same bits whether or not the epoch was interrupted (the sums are
+  checkpointed). `first_bad_step` is the first step whose loss was NaN or inf
+  (-1: none), read at the next checkpoint.
+  """
+  state, metrics = train_step(state, batch, rng, label_smoothing)
+  bad = ~jnp.isfinite(metrics["loss_sum"]) & (sums["first_bad_step"] < 0)
+  return state, {
+      "loss_sum": sums["loss_sum"] + metrics["loss_sum"],
+      "correct": sums["correct"] + metrics["correct"],
+      "count": sums["count"] + metrics["count"],
+      "first_bad_step": jnp.where(bad, state.step.astype(jnp.int32),
+                                  sums["first_bad_step"]),
+  }
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def eval_step(apply_fn, params, batch: Batch) -> Dict:
   """Sums of loss and correct predictions over the real (mask=1) examples."""
   logits = apply_fn({"params": params}, data_lib.scale_pixels(batch["image"]),
@@ -104,13 +144,35 @@ def check_batch_size(batch_size: int, name: str = "batch_size") -> None:
         f"use a multiple of {n} (e.g. {works[0] or n} or {works[1]}).")
 
 
+def _process_rows(x: np.ndarray, sharding: NamedSharding) -> np.ndarray:
+  """The rows of the global array `x` that this process's devices hold, in order."""
+  spans = {(idx[0].start or 0, x.shape[0] if idx[0].stop is None else idx[0].stop)
+           for idx in sharding.addressable_devices_indices_map(x.shape).values()}
+  return np.concatenate([x[a:b] for a, b in sorted(spans)])
+
+
 def shard_batch(arrays: Dict[str, np.ndarray], mesh) -> Batch:
-  """Places a host batch on the devices, split along the batch axis."""
-  return jax.device_put(arrays, NamedSharding(mesh, P("data")))
+  """A global host batch -> arrays split along the batch axis over all devices.
+
+  Every process holds the same global batch (MNIST fits in memory) and hands
+  JAX only the rows its own devices hold.
+  """
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(
+              sharding, _process_rows(np.asarray(v), sharding), np.shape(v))
+          for k, v in arrays.items()}
 
 
 def replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """The same value on every device; every process must pass equal values."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      sharding, np.asarray(x), np.shape(x)), tree)
+
+
+def to_host(tree):
+  """Replicated device values -> numpy, read from this process's first copy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 # ----------------------------------------------------------------------------
@@ -147,53 +209,169 @@ def evaluate(state: TrainState, split: data_lib.Split, batch_size: int,
   for images, labels, mask in data_lib.eval_batches(split, batch_size):
     batch = shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
     sums.append(step(state.params, batch))
-  total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+  total = jax.tree.map(lambda *xs: float(np.sum(xs)), *to_host(sums))
   return {"loss": total["loss_sum"] / total["count"],
           "accuracy": total["correct"] / total["count"],
           "count": int(total["count"])}
 
 
+
 # ----------------------------------------------------------------------------
-# The loop.
+# The loop: resumable, checkpointed, stopped by a non-finite loss.
 # ----------------------------------------------------------------------------
 
 def describe_devices() -> str:
   return (f"JAX {jax.__version__}, backend {jax.default_backend()}, "
-          f"{jax.device_count()} device(s): {', '.join(str(d) for d in jax.devices())}")
+          f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
+          f"{', '.join(str(d) for d in jax.devices())}")
 
 
-def _compile_train_step(config, state, mesh, example_batch):
+@dataclasses.dataclass
+class _Run:
+  """Everything the loop needs that stays fixed for the whole run."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  train: data_lib.Split
+  test: data_lib.Split
+  steps: int  # per epoch
+  step_fn: Any  # compiled accumulate_step
+  mngr: Any  # orbax CheckpointManager
+  shuffle_key: jax.Array
+  dropout_key: jax.Array
+  rng_data: jax.Array  # both keys' data, saved with every checkpoint
+  log: Any
+
+  @property
+  def writer(self) -> bool:
+    """Only process 0 writes config.json and metrics.jsonl."""
+    return jax.process_index() == 0
+
+
+def _compile_train_step(config, state, sums, example_batch):
   """jit + AOT compile, so compile time is measured apart from the epochs."""
-  step = jax.jit(functools.partial(train_step,
+  step = jax.jit(functools.partial(accumulate_step,
                                    label_smoothing=config.label_smoothing),
-                 donate_argnums=0)
+                 donate_argnums=(0, 1))
   start = time.perf_counter()
-  compiled = step.lower(state, example_batch, jax.random.key(0)).compile()
+  compiled = step.lower(state, sums, example_batch, jax.random.key(0)).compile()
   return compiled, time.perf_counter() - start
 
 
-def _train_epoch(compiled_step, state, train, config, order, mesh, dropout_key,
-                 epoch):
-  """Runs one epoch; returns the new state, summed metrics and train time."""
+def _progress(run: _Run, epoch: int, batch: int, sums: Dict) -> Dict:
+  """Where training stands: the next batch to train is `batch` of `epoch`."""
+  return {"epoch": replicate(np.int32(epoch), run.mesh),
+          "batch": replicate(np.int32(batch), run.mesh),
+          "sums": sums, "rng": run.rng_data}
+
+
+def _check_finite(run: _Run, state: TrainState, sums: Dict, step: int) -> None:
+  """Raises before a NaN or inf reaches a checkpoint (one host sync per save)."""
+  bad_step = int(to_host(sums["first_bad_step"]))
+  if bad_step < 0 and bool(to_host(all_finite(state.params))):
+    return
+  run.mngr.wait_until_finished()
+  where = (f"the loss was NaN or inf at step {bad_step}" if bad_step >= 0
+           else f"the parameters became NaN or inf by step {step}")
+  last = run.mngr.latest_step()
+  kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
+          else "no checkpoint was saved")
+  raise UserError(f"training diverged: {where} (epoch {(step - 1) // run.steps + 1}); "
+                  f"{kept}; lower config.optimizer.learning_rate.")
+
+
+def _save(run: _Run, step: int, state, epoch: int, batch: int, sums: Dict) -> None:
+  _check_finite(run, state, sums, step)
+  checkpoint.save(run.mngr, step, state, _progress(run, epoch, batch, sums))
+
+
+def _train_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
+  """Trains batches first_batch.. of `epoch`, saving every `every_steps` steps."""
+  config = run.config
+  every = config.checkpoint.every_steps
+  order = data_lib.epoch_permutation(run.shuffle_key, epoch, len(run.train))
+  batches = data_lib.train_batches(run.train, config.batch_size, order, first_batch)
+  for b, (images, labels) in enumerate(
+      tqdm(batches, total=run.steps - first_batch, desc=f"epoch {epoch}",
+           leave=False, disable=None, file=sys.stderr), start=first_batch):
+    batch = shard_batch({"image": images, "label": labels}, run.mesh)
+    state, sums = run.step_fn(state, sums, batch, run.dropout_key)
+    step = (epoch - 1) * run.steps + b + 1  # counted here: reading state.step syncs
+    if every and step % every == 0 and b + 1 < run.steps:  # epoch end saves below
+      _save(run, step, state, epoch, b + 1, sums)
+  return state, sums
+
+
+def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
+  """Trains the rest of `epoch`, evaluates, writes its metrics line, saves."""
   start = time.perf_counter()
-  step_metrics = []
-  batches = data_lib.train_batches(train, config.batch_size, order)
-  total = len(order) // config.batch_size
-  for images, labels in tqdm(batches, total=total, desc=f"epoch {epoch}",
-                             leave=False, disable=None, file=sys.stderr):
-    batch = shard_batch({"image": images, "label": labels}, mesh)
-    state, metrics = compiled_step(state, batch, dropout_key)
-    step_metrics.append(metrics)  # stays on device: no sync per step
-  sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(step_metrics))
-  return state, sums, time.perf_counter() - start
+  state, sums = _train_epoch(run, state, sums, epoch, first_batch)
+  train_s = time.perf_counter() - start
+  step = epoch * run.steps
+  _check_finite(run, state, sums, step)
+  totals = to_host(sums)
+  test_metrics = evaluate(state, run.test, run.config.eval_batch_size, run.mesh)
+  schedule = make_schedule(run.config.optimizer, run.steps, run.config.num_epochs)
+  trained = (run.steps - first_batch) * run.config.batch_size  # in this process's life
+  metrics = {
+      "epoch": epoch, "step": step,
+      "learning_rate": float(schedule(step - 1)),
+      "train_loss": float(totals["loss_sum"]) / int(totals["count"]),
+      "train_accuracy": int(totals["correct"]) / int(totals["count"]),
+      "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
+      "test_count": test_metrics["count"],
+      "epoch_time_s": time.perf_counter() - start,
+      "train_time_s": train_s,
+      "train_images_per_s": trained / train_s,
+  }
+  # The line goes first: a kill before the checkpoint below is durable redoes
+  # this epoch, and the resumed run drops the line (run_dir.keep_epochs).
+  if run.writer:
+    run_dir.append_metrics(run.workdir, metrics)
+  checkpoint.save(run.mngr, step, state,
+                  _progress(run, epoch + 1, 0, replicate(zero_sums(), run.mesh)))
+  return state, metrics
+
+
+def _log_epoch(log, m: Dict) -> None:
+  log(f"epoch {m['epoch']:3d}  train loss {m['train_loss']:.4f} "
+      f"acc {m['train_accuracy']:.4f}  test loss {m['test_loss']:.4f} "
+      f"acc {m['test_accuracy']:.4f}  {m['epoch_time_s']:.1f}s "
+      f"({m['train_images_per_s']:,.0f} img/s)")
+
+
+def _claim_workdir(workdir: str, config, force: bool) -> None:
+  """Process 0 checks/claims the workdir; the others wait until it has."""
+  if jax.process_index() == 0:
+    run_dir.claim(workdir, config, force)
+  multihost_utils.sync_global_devices("mnist_jax: workdir claimed")
+
+
+def _start(run: _Run, state, progress):
+  """Resumes from the newest checkpoint if there is one: (state, sums, epoch, batch)."""
+  restored = checkpoint.restore(run.mngr, state, progress)
+  if restored is not None:
+    state, progress = restored
+    if not np.array_equal(to_host(progress["rng"]), to_host(run.rng_data)):
+      raise UserError(f"the checkpoints in {run.workdir!r} come from another seed "
+                      "than its config.json: use a new --workdir.")
+  epoch, batch = int(to_host(progress["epoch"])), int(to_host(progress["batch"]))
+  if restored is not None:
+    run.log(f"resuming from the checkpoint at step {(epoch - 1) * run.steps + batch} "
+            f"(epoch {epoch}, batch {batch})")
+  if run.writer:
+    run_dir.keep_epochs(run.workdir, epoch - 1)
+  return state, progress["sums"], epoch, batch
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mnist_dir: Optional[str] = None,
                        data: Optional[Tuple[data_lib.Split, data_lib.Split]] = None,
-                       verbose: bool = True) -> Dict:
+                       verbose: bool = True, force: bool = False) -> Dict:
   """Trains `config`, evaluates on the test set each epoch, writes `workdir`.
 
+  A workdir holding this config's run resumes from its newest checkpoint; one
+  holding another config's run is refused unless `force` (which overwrites it).
   `data` (train, test) skips loading, for studies that train many runs.
   Returns the last epoch's metrics plus `num_params` and `compile_time_s`.
   """
@@ -204,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = make_mesh()
   check_batch_size(config.batch_size)
   check_batch_size(config.eval_batch_size, "eval_batch_size")
+  _claim_workdir(workdir, config, force)
   train, test = data or data_lib.load_mnist(mnist_dir, train_split=config.data.train_split,
                                             test_split=config.data.test_split)
   steps = steps_per_epoch(config, len(train))
@@ -213,56 +392,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_params = count_params(state.params)
   log(f"model {config.model.name}: {num_params:,} parameters; "
       f"{len(train):,} train / {len(test):,} test images; {steps} steps per epoch")
-
-  run_dir.write_config(workdir, config)
   example = shard_batch({"image": train.images[:config.batch_size],
                          "label": train.labels[:config.batch_size]}, mesh)
-  compiled_step, compile_s = _compile_train_step(config, state, mesh, example)
+  sums = replicate(zero_sums(), mesh)
+  step_fn, compile_s = _compile_train_step(config, state, sums, example)
   log(f"train step compiled in {compile_s:.1f}s")
-  mngr = checkpoint.manager(workdir)
-  schedule = make_schedule(config.optimizer, steps, config.num_epochs)
-  metrics = {}
-  for epoch in range(1, config.num_epochs + 1):
-    epoch_start = time.perf_counter()
-    order = data_lib.epoch_permutation(shuffle_key, epoch, len(train))
-    state, sums, train_s = _train_epoch(compiled_step, state, train, config, order,
-                                        mesh, dropout_key, epoch)
-    if not np.isfinite(sums["loss_sum"]):
-      raise UserError(f"training diverged in epoch {epoch} (loss is "
-                      f"{sums['loss_sum']}): lower config.optimizer.learning_rate.")
-    test_metrics = evaluate(state, test, config.eval_batch_size, mesh)
-    step = int(state.step)
-    metrics = {
-        "epoch": epoch, "step": step,
-        "learning_rate": float(schedule(step - 1)),
-        "train_loss": sums["loss_sum"] / sums["count"],
-        "train_accuracy": sums["correct"] / sums["count"],
-        "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-        "test_count": test_metrics["count"],
-        "epoch_time_s": time.perf_counter() - epoch_start,
-        "train_time_s": train_s,
-        "train_images_per_s": sums["count"] / train_s,
-    }
-    run_dir.append_metrics(workdir, metrics)
-    checkpoint.save(mngr, step, state)
-    log(f"epoch {epoch:3d}  train loss {metrics['train_loss']:.4f} "
-        f"acc {metrics['train_accuracy']:.4f}  test loss {metrics['test_loss']:.4f} "
-        f"acc {metrics['test_accuracy']:.4f}  {metrics['epoch_time_s']:.1f}s "
-        f"({metrics['train_images_per_s']:,.0f} img/s)")
-  mngr.wait_until_finished()
-  mngr.close()
+  run = _Run(config, workdir, mesh, train, test, steps, step_fn,
+             checkpoint.manager(workdir, config.checkpoint.max_to_keep),
+             shuffle_key, dropout_key,
+             replicate(jax.random.key_data(jnp.stack([shuffle_key, dropout_key])), mesh),
+             log)
+  try:
+    metrics = _loop(run, state, sums)
+  finally:
+    run.mngr.wait_until_finished()
+    run.mngr.close()
   return dict(metrics, num_params=num_params, compile_time_s=compile_s)
+
+
+def _loop(run: _Run, state, sums) -> Dict:
+  """The epochs left to train; returns the last epoch's metrics."""
+  state, sums, first_epoch, first_batch = _start(
+      run, state, _progress(run, 1, 0, sums))
+  if first_epoch > run.config.num_epochs:
+    run.log("the run is already complete: nothing to train")
+    return run_dir.read_metrics(run.workdir)[-1]
+  for epoch in range(first_epoch, run.config.num_epochs + 1):
+    state, metrics = _run_epoch(run, state, sums, epoch, first_batch)
+    _log_epoch(run.log, metrics)
+    sums, first_batch = replicate(zero_sums(), run.mesh), 0
+  return metrics
 
 
 def restore_and_evaluate(workdir: str, *, mnist_dir: Optional[str] = None) -> Dict:
   """Restores a run's last checkpoint and evaluates it on the test set."""
   config = run_dir.read_config(workdir)
   test = data_lib.load_split(config.data.test_split, mnist_dir)
-  state = restore_state(workdir, config)
-  return evaluate(state, test, config.eval_batch_size)
+  mesh = make_mesh()
+  state = restore_state(workdir, config, mesh)
+  return evaluate(state, test, config.eval_batch_size, mesh)
 
 
-def restore_state(workdir: str, config: ml_collections.ConfigDict) -> TrainState:
-  """The run's last saved TrainState (model and optimiser rebuilt from config)."""
+def restore_state(workdir: str, config: ml_collections.ConfigDict,
+                  mesh=None) -> TrainState:
+  """The run's last saved TrainState, replicated over `mesh` (any device count)."""
   template = create_train_state(config, jax.random.key(0), steps_per_epoch=1)
-  return checkpoint.restore_latest(workdir, template)
+  return checkpoint.restore_latest(workdir, replicate(template, mesh or make_mesh()))

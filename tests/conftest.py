@@ -42,3 +42,14 @@ def real_mnist(mnist_dir, tfds_dir):
   """(train, test) Splits of the real MNIST, prepared once per session."""
   from mnist_jax import data
   return data.load_mnist(mnist_dir, tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def small_data(real_mnist, tmp_path_factory):
+  """2,000 train and 1,000 test images of the real MNIST in an .npz, for workers."""
+  import numpy as np
+  train, test = real_mnist
+  path = tmp_path_factory.mktemp("data") / "mnist_small.npz"
+  np.savez(path, train_images=train.images[:2000], train_labels=train.labels[:2000],
+           test_images=test.images[:1000], test_labels=test.labels[:1000])
+  return path

@@ -1,0 +1,40 @@
+"""Process set-up that must happen before JAX starts its backends.
+
+Both functions are called by the CLI before anything touches a device:
+XLA reads XLA_FLAGS once, when the first backend starts, and
+`jax.distributed.initialize` must run before any computation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+
+
+def set_gpu_determinism(enabled: bool) -> None:
+  """Asks XLA for deterministic GPU kernels (same inputs, same bits) if `enabled`.
+
+  Without it, GPU reductions (e.g. scatter-adds in gradients) may sum in a
+  different order each run. It costs some speed, so it can be switched off.
+  A value already in XLA_FLAGS wins. CPU builds accept and ignore the flag.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if GPU_DETERMINISTIC_FLAG in flags:
+    return
+  value = "true" if enabled else "false"
+  os.environ["XLA_FLAGS"] = f"{flags} {GPU_DETERMINISTIC_FLAG}={value}".strip()
+
+
+def init_multihost(coordinator_address: Optional[str] = None,
+                   num_processes: Optional[int] = None,
+                   process_id: Optional[int] = None) -> None:
+  """Joins this process to a multi-process JAX run.
+
+  On a TPU pod slice, or under SLURM / Open MPI, JAX finds all three values
+  itself; elsewhere (e.g. several processes on one machine) pass them.
+  """
+  import jax
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
