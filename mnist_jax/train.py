@@ -125,6 +125,10 @@ def eval_step(apply_fn, params, batch: Batch) -> Dict:
           "count": jnp.sum(mask)}
 
 
+# apply_fn is static: one compilation per model, reused by every epoch's evaluation.
+_jitted_eval_step = jax.jit(eval_step, static_argnums=0)
+
+
 # ----------------------------------------------------------------------------
 # Devices and shardings.
 # ----------------------------------------------------------------------------
@@ -204,16 +208,14 @@ def evaluate(state: TrainState, split: data_lib.Split, batch_size: int,
   """Loss and accuracy over every image of `split`, each counted once."""
   mesh = mesh or make_mesh()
   check_batch_size(batch_size, "eval_batch_size")
-  step = jax.jit(functools.partial(eval_step, state.apply_fn))
   sums = []
   for images, labels, mask in data_lib.eval_batches(split, batch_size):
     batch = shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
-    sums.append(step(state.params, batch))
+    sums.append(_jitted_eval_step(state.apply_fn, state.params, batch))
   total = jax.tree.map(lambda *xs: float(np.sum(xs)), *to_host(sums))
   return {"loss": total["loss_sum"] / total["count"],
           "accuracy": total["correct"] / total["count"],
           "count": int(total["count"])}
-
 
 
 # ----------------------------------------------------------------------------
