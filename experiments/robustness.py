@@ -14,9 +14,13 @@ shift-equivariant, max pooling and the dense head are not.
 
 Presets. full: 5 seeds x 15 epochs, shifts 0..8 px, angles -45..45 by 15.
 cpu: 3 seeds x 3 epochs, shifts 0..6 px, angles -30..30 by 15.
-Estimate for cpu on the project's 2-core CPU (shared/noisy): training as in
-mlp_vs_cnn (MLP ~1 s/epoch, CNN ~50-105 s/epoch) plus 29 test-set evaluations
-per run (CNN ~5-11 s each, MLP ~1 s): ~EST.
+Estimate for cpu from train steps timed on the project's 2-core CPU while
+other jobs ran (load average ~8; idle is about twice as fast, e.g. the
+default CNN 40-55 s/epoch idle against 106 s here), batch 128:
+MLP 1.1 ms/step, CNN 226 ms/step (106 s/epoch); a test-set evaluation MLP
+~1 s, CNN ~11 s, and each run has 3 + 29 of them. cpu: CNN training
+3 x 3 x 106 s = 16 min, CNN evaluation 3 x 32 x 11 s = 18 min, MLP ~2 min:
+~35 min loaded, ~18 min idle.
 """
 
 import os
@@ -68,8 +72,8 @@ def robustness_table(results, axis: str, unit: str) -> Table:
   rows = []
   for p in results:
     _, stats = curve(p, axis)
-    rows.append([p.point.title, stats[0].n if stats else 0]
-                + [reports.percent(s) for s in stats] or [None] * len(xs))
+    cells = [reports.percent(s) for s in stats] or [None] * len(xs)
+    rows.append([p.point.title, stats[0].n if stats else 0] + cells)
   what = ("shifted by k pixels (mean over right, left, down, up; zero fill)"
           if axis == "shift" else "rotated about the centre (bilinear, zero fill)")
   caption = f"Test accuracy (%) on the test set {what}; {reports.STATS_NOTE}."

@@ -37,7 +37,7 @@ def devices(results: Sequence[PointResult]) -> str:
 SUMMARY_COLUMNS = [Column("model"), Column("status"), Column("parameters", ",d"),
                    Column("MACs/image", ",d"), Column("seeds", "d"),
                    Column("test accuracy (%)", ".2f"), Column("test error (%)", ".2f"),
-                   Column("train time (s)", ".0f")]
+                   Column("train time (s)", ".1f")]
 
 
 def summary_row(p: PointResult, notes: List[str]) -> list:

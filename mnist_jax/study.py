@@ -161,8 +161,8 @@ def record_extras(run: Run, compile_time_s: Optional[float] = None) -> Dict:
   extras = dict(model_cost(run.config.model),
                 train_time_s=sum(m["train_time_s"] for m in metrics),
                 total_epoch_time_s=sum(m["epoch_time_s"] for m in metrics),
-                device=f"{device.platform}: {device.device_kind}",
-                devices=jax.device_count())
+                device=(f"{jax.device_count()} x {device.device_kind} "
+                        f"({device.platform}), {os.cpu_count()} host cores"))
   if compile_time_s is not None:
     extras["compile_time_s"] = compile_time_s
   return run_dir.update_extras(run.workdir, **extras)
