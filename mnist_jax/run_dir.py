@@ -3,6 +3,9 @@
   <workdir>/config.json     the run's full config
   <workdir>/metrics.jsonl   one JSON object per epoch (keys in METRIC_KEYS)
   <workdir>/checkpoints/    orbax checkpoints of the train state
+  <workdir>/extras.json     optional per-run facts for tables (parameters,
+                            multiply-adds, training time, robustness curves)
+  <study>/<point>/rejected.json  a study point whose config is impossible
 
 Writers and readers (tables, plots) both go through this module, so metric
 names cannot drift apart.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import ml_collections
 
@@ -22,6 +25,8 @@ from mnist_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+EXTRAS_FILE = "extras.json"
+REJECTED_FILE = "rejected.json"
 
 # Every epoch line of metrics.jsonl has exactly these keys.
 METRIC_KEYS = (
@@ -135,3 +140,47 @@ def read_metrics(workdir: str) -> List[Dict]:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def is_finished(workdir: str, num_epochs: int) -> bool:
+  """True when metrics.jsonl holds every epoch 1..num_epochs."""
+  epochs = [m["epoch"] for m in read_metrics(workdir)]
+  return epochs[:num_epochs] == list(range(1, num_epochs + 1))
+
+
+def _write_json(path: str, value: Dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)  # atomic: a killed writer never leaves half a file
+
+
+def _read_json(path: str) -> Dict:
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def update_extras(workdir: str, **values) -> Dict:
+  """Merges `values` into the run's extras.json; returns the merged dict."""
+  extras = dict(read_extras(workdir), **values)
+  _write_json(os.path.join(workdir, EXTRAS_FILE), extras)
+  return extras
+
+
+def read_extras(workdir: str) -> Dict:
+  """The run's extras.json; {} if it has none."""
+  return _read_json(os.path.join(workdir, EXTRAS_FILE))
+
+
+def write_rejection(point_dir: str, reason: str) -> None:
+  """Marks a study point whose config was rejected as impossible."""
+  _write_json(os.path.join(point_dir, REJECTED_FILE), {"reason": reason})
+
+
+def read_rejection(point_dir: str) -> Optional[str]:
+  """The reason a study point was rejected, or None if it was not."""
+  return _read_json(os.path.join(point_dir, REJECTED_FILE)).get("reason")

@@ -71,7 +71,7 @@ def test_mismatched_stage_lists_and_unknown_names_are_rejected():
   cfg.pooling = ("max", "median", "max")
   with pytest.raises(UserError, match="unknown pooling 'median'"):
     build_model(cfg)
-  with pytest.raises(UserError, match="unknown model 'resnet'.*cnn, mlp"):
+  with pytest.raises(UserError, match="unknown model 'resnet'.*cnn, lenet5, mlp"):
     build_model(ml_collections.ConfigDict({"name": "resnet"}))
 
 

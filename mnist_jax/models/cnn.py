@@ -1,6 +1,9 @@
 """A convolutional network in stages: low-, mid- and high-level patterns.
 
 Each stage is Conv(features, kernel, stride, 'SAME') -> activation -> pooling.
+With `conv_type='local'` each Conv becomes a locally connected layer
+(nn.ConvLocal): the same receptive fields and output shapes, but a separate
+kernel at every output position, i.e. the CNN without weight sharing.
 A convolution slides one small kernel (shared weights) over the whole map, so
 it finds a local pattern wherever it is; stacking stages lets the first find
 strokes and edges, the next parts of digits, the last the patterns that tell
@@ -35,6 +38,7 @@ class CNN(nn.Module):
   dense_features: Sequence[int] = (128,)
   dropout_rate: float = 0.0
   num_classes: int = 10
+  conv_type: str = "conv"  # conv (shared weights) | local (nn.ConvLocal)
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -42,7 +46,8 @@ class CNN(nn.Module):
     for i, (feat, k, s, act, kind) in enumerate(zip(
         self.features, self.kernel_sizes, self.strides, self.activations,
         self.pooling)):
-      x = nn.Conv(feat, (k, k), strides=(s, s), padding="SAME", name=f"conv{i}")(x)
+      layer = nn.ConvLocal if self.conv_type == "local" else nn.Conv
+      x = layer(feat, (k, k), strides=(s, s), padding="SAME", name=f"conv{i}")(x)
       x = pool(activation(act)(x), kind, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # flatten size follows from the config
     for j, width in enumerate(self.dense_features):
@@ -77,7 +82,13 @@ def feature_map_sizes(cfg: ml_collections.ConfigDict,
   return sizes
 
 
+CONV_TYPES = ("conv", "local")
+
+
 def _validate(cfg: ml_collections.ConfigDict) -> None:
+  if cfg.get("conv_type", "conv") not in CONV_TYPES:
+    raise UserError(f"config.model.conv_type = {cfg.conv_type!r}: use one of "
+                    f"{', '.join(CONV_TYPES)}.")
   per_stage = ("features", "kernel_sizes", "strides", "activations", "pooling")
   lengths = {name: len(cfg[name]) for name in per_stage}
   if len(set(lengths.values())) != 1:
@@ -108,4 +119,5 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              strides=tuple(cfg.strides), activations=tuple(cfg.activations),
              pooling=tuple(cfg.pooling), pool_size=cfg.pool_size,
              dense_features=tuple(cfg.dense_features),
-             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes)
+             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes,
+             conv_type=cfg.get("conv_type", "conv"))

@@ -1,0 +1,222 @@
+"""A study: named points (config overrides on a config file) x seeds.
+
+Each run trains in its own directory `<study_dir>/<point>/seed_<k>`. A run is
+finished when its metrics.jsonl holds all `num_epochs` epochs; running a study
+again skips finished runs and resumes an unfinished one from its newest
+checkpoint (train_and_evaluate does that), so an interrupted study is resumed
+by running the same command. A point whose config
+the model check rejects (an impossible architecture) is recorded as rejected,
+not trained. MNIST is loaded once per study and shared by all its runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import jax
+import ml_collections
+
+from mnist_jax import data as data_lib, run_dir
+from mnist_jax.errors import UserError
+from mnist_jax.models import build_model
+from mnist_jax.models.cost import model_cost
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One configuration of a study: `overrides` ('model.kernel_sizes': (5, 5, 5))
+  applied to the config file `config_file` (relative to the repository root)."""
+
+  name: str  # directory name, e.g. "cnn_k5"
+  config_file: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  label: str = ""  # row label in tables; `name` if empty
+
+  @property
+  def title(self) -> str:
+    return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Seeds and training budget: `overrides` apply to every point (before the
+  point's own), `per_point` to the named points only; `options` are settings
+  of the study itself (e.g. the shifts of the robustness study)."""
+
+  seeds: Sequence[int]
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  per_point: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+QUICK_OVERRIDES = {"num_epochs": 1, "data.train_split": "train[:1000]",
+                   "data.test_split": "test[:500]"}
+
+
+def quick(preset: Preset) -> Preset:
+  """The tiny form of a preset, for tests: 2 seeds, 1 epoch, 1000/500 images."""
+  per_point = {name: {k: v for k, v in o.items() if k != "num_epochs"}
+               for name, o in preset.per_point.items()}
+  return dataclasses.replace(preset, seeds=(0, 1), per_point=per_point,
+                             overrides=dict(preset.overrides, **QUICK_OVERRIDES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  name: str
+  points: Sequence[Point]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  point: Point
+  seed: int
+  workdir: str
+  config: ml_collections.ConfigDict
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file; a relative path is taken from the repo root."""
+  full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+  if not os.path.isfile(full):
+    raise UserError(f"config file {full} not found: give a path under configs/.")
+  spec = importlib.util.spec_from_file_location("study_config", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> None:
+  """Sets dotted fields ('optimizer.learning_rate'); an unknown field is an error."""
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    if leaf not in node:
+      raise UserError(f"study override {dotted!r}: the config has no such field.")
+    node[leaf] = value
+
+
+def point_config(point: Point, preset: Preset, seed: int) -> ml_collections.ConfigDict:
+  config = load_config_file(point.config_file)
+  apply_overrides(config, preset.overrides)
+  apply_overrides(config, preset.per_point.get(point.name, {}))
+  apply_overrides(config, point.overrides)
+  config.seed = seed
+  return config
+
+
+def point_dir(study_dir: str, point: Point) -> str:
+  return os.path.join(study_dir, point.name)
+
+
+def run_workdir(study_dir: str, point: Point, seed: int) -> str:
+  return os.path.join(point_dir(study_dir, point), f"seed_{seed}")
+
+
+def rejection(point: Point, preset: Preset) -> Optional[str]:
+  """Why the point's config is impossible, or None if it builds."""
+  try:
+    build_model(point_config(point, preset, preset.seeds[0]).model)
+  except UserError as e:
+    return str(e)
+  return None
+
+
+def plan(study: Study, preset: Preset, study_dir: str) -> List[Run]:
+  """Every run of the study (rejected points excluded), seeds outermost so that
+  an interrupted study has every point at its first seeds."""
+  ok = [p for p in study.points if rejection(p, preset) is None]
+  return [Run(p, seed, run_workdir(study_dir, p, seed), point_config(p, preset, seed))
+          for seed in preset.seeds for p in ok]
+
+
+def _same_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  saved = run_dir.read_config(workdir).to_dict()
+  return not run_dir.config_differences(saved, run_dir.config_as_dict(config))
+
+
+def is_finished(run: Run) -> bool:
+  """All epochs are in metrics.jsonl, and the run is of this very config."""
+  if not run_dir.is_finished(run.workdir, run.config.num_epochs):
+    return False
+  if not _same_config(run.workdir, run.config):
+    raise UserError(f"{run.workdir} holds a finished run of another config: "
+                    "use another --out folder for a changed study or preset.")
+  return True
+
+
+def record_extras(run: Run, compile_time_s: Optional[float] = None) -> Dict:
+  """Writes what tables need beyond metrics.jsonl into the run's extras.json."""
+  metrics = run_dir.read_metrics(run.workdir)
+  device = jax.devices()[0]
+  extras = dict(model_cost(run.config.model),
+                train_time_s=sum(m["train_time_s"] for m in metrics),
+                total_epoch_time_s=sum(m["epoch_time_s"] for m in metrics),
+                device=(f"{jax.device_count()} x {device.device_kind} "
+                        f"({device.platform}), {os.cpu_count()} host cores"))
+  if compile_time_s is not None:
+    extras["compile_time_s"] = compile_time_s
+  return run_dir.update_extras(run.workdir, **extras)
+
+
+def _splits(runs: Sequence[Run]) -> tuple:
+  splits = {(r.config.data.train_split, r.config.data.test_split) for r in runs}
+  if len(splits) > 1:
+    raise UserError(f"study points use different data splits {sorted(splits)}: "
+                    "one study loads MNIST once, so give every point the same.")
+  return splits.pop()
+
+
+AfterRun = Callable[[Run, Callable[[], tuple]], None]
+
+
+def run_study(study: Study, preset: Preset, study_dir: str, *,
+              mnist_dir: Optional[str] = None, train_fn: Optional[Callable] = None,
+              after_run: Optional[AfterRun] = None, log: Callable = print) -> List[Run]:
+  """Trains every unfinished run of the study; returns all runs.
+
+  `after_run(run, load_data)` is called for every finished run, old or new
+  (e.g. to evaluate it further); `load_data()` gives the shared (train, test).
+  """
+  if train_fn is None:
+    from mnist_jax.train import train_and_evaluate as train_fn
+  for point in study.points:
+    reason = rejection(point, preset)
+    if reason is not None:
+      log(f"[{study.name}] {point.name}: impossible config, not trained: {reason}")
+      run_dir.write_rejection(point_dir(study_dir, point), reason)
+  runs = plan(study, preset, study_dir)
+  cache = {}
+
+  def load_data():
+    if "data" not in cache:  # loaded once, and only if something needs it
+      train_split, test_split = _splits(runs)
+      cache["data"] = data_lib.load_mnist(mnist_dir, train_split=train_split,
+                                          test_split=test_split)
+    return cache["data"]
+
+  for i, run in enumerate(runs, start=1):
+    tag = f"[{study.name} {i}/{len(runs)}] {run.point.name} seed {run.seed}"
+    if is_finished(run):
+      log(f"{tag}: finished before, skipped")
+      if not run_dir.read_extras(run.workdir).get("num_params"):
+        record_extras(run)
+    else:
+      if os.path.exists(run.workdir):
+        # train_and_evaluate resumes it from its newest checkpoint: no work lost.
+        log(f"{tag}: unfinished run found, resuming it")
+      log(f"{tag}: training")
+      final = train_fn(run.config, run.workdir, data=load_data(), verbose=False)
+      record_extras(run, final.get("compile_time_s"))
+      log(f"{tag}: test accuracy {final['test_accuracy']:.4f}")
+    if after_run is not None:
+      after_run(run, load_data)
+  return runs
