@@ -59,6 +59,11 @@ def to_grey(image: Image.Image) -> np.ndarray:
     ink_is_light = np.sum(grey * alpha) > 0.5 * max(np.sum(alpha), 1e-6)
     background = 0.0 if ink_is_light else 1.0
     return grey * alpha + background * (1.0 - alpha)
+  if image.mode.startswith("I") or image.mode == "F":
+    # 16-bit greys (and int/float modes): Pillow's convert("L") would clip them.
+    x = np.asarray(image, np.float32)
+    full = 65535.0 if image.mode.startswith("I;16") or x.max() > 255 else 255.0
+    return np.clip(x / full, 0.0, 1.0)
   return np.asarray(image.convert("L"), np.float32) / 255.0
 
 

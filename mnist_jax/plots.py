@@ -15,13 +15,8 @@ import numpy as np
 from mnist_jax import data as data_lib, figures, run_dir, trained as trained_lib
 from mnist_jax.errors import UserError
 
-FIGURES_DIR = "figures"
 FORMATS = ("png", "pdf")
 NUM_SAMPLES = 20  # training images in the sample grid
-
-
-def figures_dir(workdir: str) -> str:
-  return os.path.join(workdir, FIGURES_DIR)
 
 
 def _check_format(fmt: str) -> None:
@@ -95,10 +90,10 @@ def make_figures(workdir: str, fmt: str = "png", digit: int = 0, *,
   _check_digit(digit, len(test))
   makers = _figure_makers(workdir, model, train, test, digit, seed)
   skipped = skipped_reasons(model, len(run_dir.read_metrics(workdir)))
-  os.makedirs(figures_dir(workdir), exist_ok=True)
+  os.makedirs(run_dir.figures_dir(workdir), exist_ok=True)
   written = {}
   for name in figures.FIGSIZES:
     if name in makers and name not in skipped:
-      path = os.path.join(figures_dir(workdir), f"{name}.{fmt}")
+      path = os.path.join(run_dir.figures_dir(workdir), f"{name}.{fmt}")
       written[name] = figures.save(makers[name](), path)
   return written, skipped

@@ -3,6 +3,7 @@
   <workdir>/config.json     the run's full config
   <workdir>/metrics.jsonl   one JSON object per epoch (keys in METRIC_KEYS)
   <workdir>/checkpoints/    orbax checkpoints of the train state
+  <workdir>/figures/        figures drawn from the above (python -m mnist_jax plot)
 
 Writers and readers (tables, plots) both go through this module, so metric
 names cannot drift apart.
@@ -21,6 +22,7 @@ from mnist_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+FIGURES_DIR = "figures"
 
 # Every epoch line of metrics.jsonl has exactly these keys.
 METRIC_KEYS = (
@@ -65,3 +67,7 @@ def read_metrics(workdir: str) -> List[Dict]:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def figures_dir(workdir: str) -> str:
+  return os.path.join(workdir, FIGURES_DIR)

@@ -70,6 +70,13 @@ def test_transparency_is_composited_onto_a_contrasting_background(
   assert abs(grey[alpha > 0] - expected_background).min() > 0.9  # ink contrasts
 
 
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+  pixels = (paper_digit() * 65535).astype(np.uint16)
+  Image.fromarray(pixels).save(tmp_path / "deep.png")
+  grey = digits.to_grey(digits.read_image(str(tmp_path / "deep.png")))
+  np.testing.assert_allclose(grey, pixels / 65535.0, atol=1e-6)
+
+
 def test_no_preprocess_keeps_28x28_and_rejects_other_sizes():
   x = np.random.default_rng(0).random((28, 28)).astype(np.float32)
   np.testing.assert_array_equal(digits.as_is(x), x)
