@@ -29,7 +29,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
 
-from mnist_jax import plots, reports, robustness, study_cli  # noqa: E402
+from mnist_jax import reports, robustness, study_cli, study_plots  # noqa: E402
 from mnist_jax.aggregate import mean_std  # noqa: E402
 from mnist_jax.study import Point, Preset, Study  # noqa: E402
 from mnist_jax.tables import Column, Table  # noqa: E402
@@ -87,7 +87,7 @@ def report(study, preset, study_dir, results):
   paths += robustness_table(results, "rotation", "deg").write(tables, "robustness_rotation")
   panels = {axis: {p.point.title: curve(p, axis) for p in results if p.runs}
             for axis in ("shift", "rotation")}
-  paths += plots.curves(panels, {"shift": "shift (pixels)", "rotation": "rotation (degrees)"},
+  paths += study_plots.curves(panels, {"shift": "shift (pixels)", "rotation": "rotation (degrees)"},
                         os.path.join(figures, "robustness_curves"))
   return paths
 

@@ -3,6 +3,9 @@
   train     --config configs/cnn.py --workdir runs/cnn [--config.num_epochs=3 ...]
             [--force] [--nodeterministic] [--multihost ...]
   evaluate  --workdir runs/cnn
+  plot      --workdir runs/cnn [--format png|pdf] [--digit 0]
+  predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
+            [--figure out.png] [--no-preprocess]
 
 `train` on a workdir that holds the same config resumes it from its newest
 checkpoint.
@@ -47,6 +50,15 @@ flags.DEFINE_integer("num_processes", None, "Number of processes, for --multihos
                      "where JAX cannot detect it.")
 flags.DEFINE_integer("process_id", None, "This process's index, for --multihost "
                      "where JAX cannot detect it.")
+flags.DEFINE_string("format", "png", "plot: figure file format, png or pdf.")
+flags.DEFINE_integer("digit", 0, "plot: index of the test image whose feature "
+                     "maps and softmax output are drawn.")
+flags.DEFINE_integer("top", 1, "predict: also list the TOP most probable digits.")
+flags.DEFINE_boolean("json", False, "predict: print the results as JSON.")
+flags.DEFINE_string("figure", None, "predict: save the images as the network saw "
+                    "them, with their predictions, to this file.")
+flags.DEFINE_boolean("no-preprocess", False, "predict: the images are already "
+                     "28x28 MNIST-style (light digit on black): use them as they are.")
 
 
 def _require(*names: str) -> None:
@@ -86,9 +98,37 @@ def cmd_evaluate(args: List[str]) -> int:
   return 0
 
 
+def cmd_plot(args: List[str]) -> int:
+  _require("workdir")
+  if args:
+    raise UserError(f"plot takes no file arguments (got {' '.join(args)}).")
+  from mnist_jax.plots import make_figures
+  written, skipped = make_figures(FLAGS.workdir, FLAGS.format, FLAGS.digit,
+                                  mnist_dir=FLAGS.data_dir)
+  for name, reason in skipped.items():
+    print(f"skipped {name}: {reason}")
+  for path in written.values():
+    print(f"wrote {path}")
+  return 0
+
+
+def cmd_predict(args: List[str]) -> int:
+  _require("workdir")
+  if not 1 <= FLAGS.top <= 10:
+    raise UserError(f"--top {FLAGS.top}: use a number from 1 to 10.")
+  if not args:
+    raise UserError("predict needs image files or folders after the flags.")
+  from mnist_jax.predict import report_predictions
+  return report_predictions(FLAGS.workdir, args, top=FLAGS.top, as_json=FLAGS.json,
+                            figure=FLAGS.figure,
+                            preprocess=not FLAGS["no-preprocess"].value)
+
+
 COMMANDS: Dict[str, Tuple[Callable[[List[str]], int], str]] = {
     "train": (cmd_train, "train a config and evaluate it on the test set"),
     "evaluate": (cmd_evaluate, "restore a trained run and evaluate it"),
+    "plot": (cmd_plot, "draw a trained run's figures into WORKDIR/figures/"),
+    "predict": (cmd_predict, "recognise the digit in your own image files"),
 }
 
 

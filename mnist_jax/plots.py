@@ -1,89 +1,99 @@
-"""Study figures with matplotlib (Agg backend), each saved as PNG and PDF."""
+"""`make_figures(workdir)`: every figure of a trained run, into <workdir>/figures/.
+
+Built from the run directory alone (config.json, metrics.jsonl, the last
+checkpoint) plus the MNIST splits its config names. Figures that need conv
+layers are skipped, with the reason, for a dense model.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display (CI, servers)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from mnist_jax import data as data_lib, figures, run_dir, trained as trained_lib
+from mnist_jax.errors import UserError
 
-from mnist_jax.aggregate import MeanStd, PointResult  # noqa: E402
-
-Curve = Tuple[Sequence[float], Sequence[MeanStd]]  # x values, y statistics
+FORMATS = ("png", "pdf")
+NUM_SAMPLES = 20  # training images in the sample grid
 
 
-def save(fig, stem: str) -> List[str]:
-  """Writes <stem>.png and <stem>.pdf and closes the figure."""
-  os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-  paths = [f"{stem}.png", f"{stem}.pdf"]
-  for path in paths:
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-  plt.close(fig)
-  return paths
+def _check_format(fmt: str) -> None:
+  if fmt not in FORMATS:
+    raise UserError(f"unknown figure format {fmt!r}: use one of {', '.join(FORMATS)}.")
 
 
-def _std(stats: Sequence[MeanStd]) -> np.ndarray:
-  return np.nan_to_num(np.array([s.std for s in stats]))  # one seed: no bar
+def _check_digit(digit: int, num_test: int) -> None:
+  if not 0 <= digit < num_test:
+    raise UserError(f"--digit {digit} is not a test image index: use 0 to "
+                    f"{num_test - 1}.")
 
 
-def accuracy_vs_params(points: Sequence[PointResult], stem: str,
-                       title: str = "") -> List[str]:
-  """Final test accuracy (mean ± std over seeds) against parameter count."""
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for p in points:
-    if not p.runs:
-      continue
-    acc = p.final("test_accuracy")
-    ax.errorbar(p.extra("num_params").mean, 100 * acc.mean,
-                yerr=100 * _std([acc]), fmt="o", capsize=3, label=p.point.title)
-  ax.set_xscale("log")
-  ax.set_xlabel("parameters")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return save(fig, stem)
+def _conv_figures(model: trained_lib.TrainedModel, test: data_lib.Split,
+                  digit: int) -> Dict[str, Callable]:
+  layer = model.conv_stages[0]
+  image, label = test.images[digit], test.labels[digit]
+  return {
+      "conv_kernels": lambda: figures.conv_kernels(model.first_kernels(), layer),
+      "feature_maps": lambda: figures.feature_maps(
+          image, model.feature_maps(image), f"Test image #{digit} (label {label})"),
+  }
 
 
-def learning_curves(points: Sequence[PointResult], stem: str,
-                    title: str = "") -> List[str]:
-  """Test accuracy per epoch, mean over seeds with a ±1 std band."""
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for p in points:
-    if p.runs:
-      stats = p.curve("test_accuracy")
-      _band(ax, range(1, len(stats) + 1), stats, p.point.title)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return save(fig, stem)
+def _figure_makers(workdir: str, model: trained_lib.TrainedModel,
+                   train: data_lib.Split, test: data_lib.Split,
+                   digit: int, seed: int) -> Dict[str, Callable]:
+  """name -> function drawing that figure; conv ones only for a conv model."""
+  probs = model.probabilities(test.images)
+  counts = figures.confusion_matrix(test.labels, probs.argmax(-1))
+  pick = np.random.default_rng(seed).choice(len(train), NUM_SAMPLES, replace=False)
+  metrics = run_dir.read_metrics(workdir)
+  makers = {
+      "train_samples": lambda: figures.train_samples(train.images[pick],
+                                                     train.labels[pick]),
+      "confusion_matrix": lambda: figures.confusion_figure(counts),
+      "per_class_accuracy": lambda: figures.per_class_accuracy(counts),
+      "misclassified": lambda: figures.misclassified(test.images, test.labels, probs),
+      "learning_curves": lambda: figures.learning_curves(metrics),
+      "softmax": lambda: figures.softmax_bars(
+          test.images[digit], probs[digit],
+          f"test #{digit}, label {test.labels[digit]}"),
+  }
+  if model.conv_stages:
+    makers.update(_conv_figures(model, test, digit))
+  return makers
 
 
-def _band(ax, xs, stats: Sequence[MeanStd], label: str) -> None:
-  xs = np.asarray(list(xs), np.float64)
-  mean = 100 * np.array([s.mean for s in stats])
-  std = 100 * _std(stats)
-  ax.plot(xs, mean, marker="o", label=label)
-  ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+def skipped_reasons(model: trained_lib.TrainedModel, metrics_lines: int) -> Dict[str, str]:
+  """Figures that cannot be drawn for this run, with why."""
+  reasons = {}
+  if not model.conv_stages:
+    name = model.config.model.name
+    for fig in ("conv_kernels", "feature_maps"):
+      reasons[fig] = f"model {name!r} has no conv layers"
+  if metrics_lines == 0:
+    reasons["learning_curves"] = "metrics.jsonl has no epochs yet"
+  return reasons
 
 
-def curves(panels: Dict[str, Dict[str, Curve]], xlabels: Dict[str, str],
-           stem: str) -> List[str]:
-  """One panel per entry of `panels` ({panel: {label: (xs, stats)}}), side by side."""
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5),
-                           squeeze=False)
-  for ax, (panel, series) in zip(axes[0], panels.items()):
-    for label, (xs, stats) in series.items():
-      _band(ax, xs, stats, label)
-    ax.set_xlabel(xlabels[panel])
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(panel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  return save(fig, stem)
+def make_figures(workdir: str, fmt: str = "png", digit: int = 0, *,
+                 mnist_dir: Optional[str] = None,
+                 data: Optional[Tuple[data_lib.Split, data_lib.Split]] = None,
+                 seed: int = 0) -> Tuple[Dict[str, str], Dict[str, str]]:
+  """Writes the figures; returns ({name: path written}, {name: why skipped})."""
+  _check_format(fmt)
+  model = trained_lib.load(workdir)
+  config = model.config
+  train, test = data or data_lib.load_mnist(
+      mnist_dir, train_split=config.data.train_split, test_split=config.data.test_split)
+  _check_digit(digit, len(test))
+  makers = _figure_makers(workdir, model, train, test, digit, seed)
+  skipped = skipped_reasons(model, len(run_dir.read_metrics(workdir)))
+  os.makedirs(run_dir.figures_dir(workdir), exist_ok=True)
+  written = {}
+  for name in figures.FIGSIZES:
+    if name in makers and name not in skipped:
+      path = os.path.join(run_dir.figures_dir(workdir), f"{name}.{fmt}")
+      written[name] = figures.save(makers[name](), path)
+  return written, skipped

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import List, Sequence
 
-from mnist_jax import plots
+from mnist_jax import study_plots
 from mnist_jax.aggregate import MeanStd, PointResult
 from mnist_jax.tables import Column, Table
 
@@ -64,6 +64,6 @@ def standard_report(name: str, study_dir: str, results: Sequence[PointResult],
   """The summary table and the accuracy-vs-parameters and learning-curve plots."""
   tables, figures = os.path.join(study_dir, "tables"), os.path.join(study_dir, "figures")
   paths = summary_table(results, caption).write(tables, name)
-  paths += plots.accuracy_vs_params(results, os.path.join(figures, f"{name}_accuracy_vs_params"), name)
-  paths += plots.learning_curves(results, os.path.join(figures, f"{name}_learning_curves"), name)
+  paths += study_plots.accuracy_vs_params(results, os.path.join(figures, f"{name}_accuracy_vs_params"), name)
+  paths += study_plots.learning_curves(results, os.path.join(figures, f"{name}_learning_curves"), name)
   return paths

@@ -6,6 +6,7 @@
   <workdir>/extras.json     optional per-run facts for tables (parameters,
                             multiply-adds, training time, robustness curves)
   <study>/<point>/rejected.json  a study point whose config is impossible
+  <workdir>/figures/        figures drawn from the above (python -m mnist_jax plot)
 
 Writers and readers (tables, plots) both go through this module, so metric
 names cannot drift apart.
@@ -27,6 +28,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
+FIGURES_DIR = "figures"
 
 # Every epoch line of metrics.jsonl has exactly these keys.
 METRIC_KEYS = (
@@ -184,3 +186,7 @@ def write_rejection(point_dir: str, reason: str) -> None:
 def read_rejection(point_dir: str) -> Optional[str]:
   """The reason a study point was rejected, or None if it was not."""
   return _read_json(os.path.join(point_dir, REJECTED_FILE)).get("reason")
+
+
+def figures_dir(workdir: str) -> str:
+  return os.path.join(workdir, FIGURES_DIR)

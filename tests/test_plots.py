@@ -1,0 +1,87 @@
+"""Figures of a trained run: each produced, a valid image of the expected size."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_jax import UserError, figures, plots, trained
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONV_ONLY = ("conv_kernels", "feature_maps")
+
+
+def assert_valid_png(path, name):
+  with Image.open(path) as image:
+    assert image.format == "PNG"
+    assert image.size == figures.pixel_size(name)
+    pixels = np.asarray(image.convert("L"))
+  assert pixels.std() > 5, f"{name} looks blank"
+
+
+@pytest.mark.real_data
+def test_every_figure_of_a_cnn_run(cnn_run, real_mnist):
+  written, skipped = plots.make_figures(cnn_run, digit=3, data=real_mnist)
+  assert skipped == {}
+  assert set(written) == set(figures.FIGSIZES)
+  for name, path in written.items():
+    assert path == os.path.join(cnn_run, "figures", f"{name}.png")
+    assert_valid_png(path, name)
+
+
+@pytest.mark.real_data
+def test_dense_run_skips_the_conv_figures_with_a_reason(mlp_run, real_mnist):
+  written, skipped = plots.make_figures(mlp_run, data=real_mnist)
+  assert set(skipped) == set(CONV_ONLY)
+  assert all("no conv layers" in why for why in skipped.values())
+  assert set(written) == set(figures.FIGSIZES) - set(CONV_ONLY)
+  for name, path in written.items():
+    assert_valid_png(path, name)
+
+
+@pytest.mark.real_data
+def test_feature_maps_are_captured_without_changing_the_model(cnn_run, real_mnist):
+  model = trained.load(cnn_run)
+  image = real_mnist[1].images[0]
+  maps = model.feature_maps(image)
+  assert [m.shape for m in maps] == [(28, 28, 4), (14, 14, 8)]  # before each pool
+  assert min(m.min() for m in maps) >= 0.0  # after ReLU
+  plain = model.model.apply({"params": model.params}, image[None] / 255.0)
+  np.testing.assert_allclose(model.probabilities(image[None])[0],
+                             np.exp(plain[0]) / np.exp(plain[0]).sum(), rtol=1e-5)
+
+
+@pytest.mark.real_data
+def test_bad_digit_index_names_the_range(mlp_run, real_mnist):
+  with pytest.raises(UserError, match="0 to 9999"):
+    plots.make_figures(mlp_run, digit=10_000, data=real_mnist)
+
+
+def test_confusion_matrix_and_confident_errors():
+  labels = np.array([0, 1, 2, 2, 1])
+  probs = np.array([[0.9, 0.1, 0.0],   # right
+                    [0.3, 0.6, 0.1],   # right
+                    [0.6, 0.0, 0.4],   # wrong, 0.6
+                    [0.0, 0.95, 0.05],  # wrong, 0.95
+                    [0.8, 0.2, 0.0]])  # wrong, 0.8
+  counts = figures.confusion_matrix(labels, probs.argmax(-1), num_classes=3)
+  assert counts.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
+  assert figures.most_confident_errors(labels, probs, 2).tolist() == [3, 4]
+
+
+@pytest.mark.real_data
+def test_cli_plot_pdf(mlp_run, tfds_dir):
+  env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "mnist_jax", "plot", "--workdir", mlp_run,
+       "--format", "pdf", "--digit", "7"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "skipped conv_kernels: model 'mlp' has no conv layers" in result.stdout
+  for name in set(figures.FIGSIZES) - set(CONV_ONLY):
+    path = pathlib.Path(mlp_run, "figures", f"{name}.pdf")
+    assert path.read_bytes()[:5] == b"%PDF-", name
