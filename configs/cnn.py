@@ -23,6 +23,7 @@ def get_config():
       dense_features=(128,),
       dropout_rate=0.25,
       num_classes=10,
+      conv_impl="xla",  # xla | im2col: same function, see docs/performance.md
   )
   config.num_epochs = 10
   return config

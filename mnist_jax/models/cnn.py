@@ -18,7 +18,7 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.models import register
-from mnist_jax.models.layers import POOLINGS, activation, pool
+from mnist_jax.models.layers import CONV_IMPLS, POOLINGS, Conv, activation, pool
 
 INPUT_SIZE = 28  # MNIST images are 28x28
 
@@ -35,6 +35,7 @@ class CNN(nn.Module):
   dense_features: Sequence[int] = (128,)
   dropout_rate: float = 0.0
   num_classes: int = 10
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -42,7 +43,7 @@ class CNN(nn.Module):
     for i, (feat, k, s, act, kind) in enumerate(zip(
         self.features, self.kernel_sizes, self.strides, self.activations,
         self.pooling)):
-      x = nn.Conv(feat, (k, k), strides=(s, s), padding="SAME", name=f"conv{i}")(x)
+      x = Conv(feat, k, s, impl=self.conv_impl, name=f"conv{i}")(x)
       x = pool(activation(act)(x), kind, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # flatten size follows from the config
     for j, width in enumerate(self.dense_features):
@@ -98,6 +99,9 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
   if not 0.0 <= cfg.dropout_rate < 1.0:
     raise UserError(f"config.model.dropout_rate = {cfg.dropout_rate}: use a "
                     "value in [0, 1).")
+  if cfg.get("conv_impl", "xla") not in CONV_IMPLS:
+    raise UserError(f"config.model.conv_impl = {cfg.conv_impl!r}: use one of "
+                    f"{', '.join(CONV_IMPLS)}.")
   feature_map_sizes(cfg)
 
 
@@ -108,4 +112,6 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              strides=tuple(cfg.strides), activations=tuple(cfg.activations),
              pooling=tuple(cfg.pooling), pool_size=cfg.pool_size,
              dense_features=tuple(cfg.dense_features),
-             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes)
+             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes,
+             # Runs saved before conv_impl existed have no such key.
+             conv_impl=cfg.get("conv_impl", "xla"))
