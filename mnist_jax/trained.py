@@ -17,7 +17,11 @@ import numpy as np
 
 from mnist_jax import data as data_lib, run_dir
 from mnist_jax.models import build_model
+from mnist_jax.models import layers
 from mnist_jax.models.layers import activation
+
+# The modules a CNN stage's convolution can be (see models/cnn.py).
+CONV_MODULES = (nn.Conv, nn.ConvLocal, layers.Conv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +59,7 @@ class TrainedModel:
     x = data_lib.scale_pixels(image_HxWx1[None])
     _, state = self.model.apply(
         {"params": self.params}, x, train=False,
-        capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv))
+        capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
     acts = self.config.model.activations
     return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
             for i, name in enumerate(self.conv_stages)]

@@ -21,7 +21,7 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.models import register
-from mnist_jax.models.layers import POOLINGS, activation, pool
+from mnist_jax.models.layers import CONV_IMPLS, POOLINGS, Conv, activation, pool
 
 INPUT_SIZE = 28  # MNIST images are 28x28
 
@@ -39,6 +39,7 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   num_classes: int = 10
   conv_type: str = "conv"  # conv (shared weights) | local (nn.ConvLocal)
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -46,8 +47,11 @@ class CNN(nn.Module):
     for i, (feat, k, s, act, kind) in enumerate(zip(
         self.features, self.kernel_sizes, self.strides, self.activations,
         self.pooling)):
-      layer = nn.ConvLocal if self.conv_type == "local" else nn.Conv
-      x = layer(feat, (k, k), strides=(s, s), padding="SAME", name=f"conv{i}")(x)
+      if self.conv_type == "local":
+        x = nn.ConvLocal(feat, (k, k), strides=(s, s), padding="SAME",
+                         name=f"conv{i}")(x)
+      else:
+        x = Conv(feat, k, s, impl=self.conv_impl, name=f"conv{i}")(x)
       x = pool(activation(act)(x), kind, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # flatten size follows from the config
     for j, width in enumerate(self.dense_features):
@@ -109,6 +113,9 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
   if not 0.0 <= cfg.dropout_rate < 1.0:
     raise UserError(f"config.model.dropout_rate = {cfg.dropout_rate}: use a "
                     "value in [0, 1).")
+  if cfg.get("conv_impl", "xla") not in CONV_IMPLS:
+    raise UserError(f"config.model.conv_impl = {cfg.conv_impl!r}: use one of "
+                    f"{', '.join(CONV_IMPLS)}.")
   feature_map_sizes(cfg)
 
 
@@ -120,4 +127,6 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              pooling=tuple(cfg.pooling), pool_size=cfg.pool_size,
              dense_features=tuple(cfg.dense_features),
              dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes,
-             conv_type=cfg.get("conv_type", "conv"))
+             conv_type=cfg.get("conv_type", "conv"),
+             # Runs saved before conv_impl existed have no such key.
+             conv_impl=cfg.get("conv_impl", "xla"))

@@ -20,8 +20,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from mnist_jax.data import IMAGE_SHAPE
-from mnist_jax.models import build_model
+from mnist_jax.models import build_model, layers
 from mnist_jax.models.cnn import feature_map_sizes, INPUT_SIZE
+
+
+# Weight-sharing convolutions: flax's own and the CNN's choice of implementation.
+SHARED_CONVS = (nn.Conv, layers.Conv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +43,7 @@ def _layer_cost(module: nn.Module, out) -> LayerCost:
   bias_size = 0 if bias is None else math.prod(bias.shape)
   kernel_size = math.prod(kernel.shape)
   out_shape = tuple(out.shape[1:])
-  reuse = math.prod(out_shape[:-1]) if type(module) is nn.Conv else 1
+  reuse = math.prod(out_shape[:-1]) if type(module) in SHARED_CONVS else 1
   return LayerCost(module.name, type(module).__name__, out_shape,
                    kernel_size + bias_size, reuse * kernel_size)
 
@@ -52,7 +56,7 @@ def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if (context.method_name == "__call__"
-        and type(context.module) in (nn.Dense, nn.Conv, nn.ConvLocal)):
+        and type(context.module) in (nn.Dense, nn.ConvLocal) + SHARED_CONVS):
       costs.append(_layer_cost(context.module, out))
     return out
 

@@ -1,0 +1,175 @@
+"""Several seeds of one config trained in one compiled program (`jax.vmap`).
+
+`train_seeds(config, seeds, workdirs)` stacks one train state per seed along a
+leading axis and vmaps `train.train_step` / `train.eval_step` over it: each
+step is one program over all seeds, so small models keep the cores busy that
+a single seed leaves idle. Each seed keeps its own init, data order and
+dropout keys, derived from its seed exactly as in `train_and_evaluate`, so a
+seed's result equals its separate run up to float rounding, and each seed's
+run directory (config.json with its seed, metrics.jsonl, checkpoints) is what
+`train_and_evaluate` would have written.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mnist_jax import checkpoint, config as config_lib, data as data_lib, run_dir, train
+from mnist_jax.errors import UserError
+from mnist_jax.models import build_model
+from mnist_jax.optim import make_schedule
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.seed = int(seed)
+  return copy
+
+
+def stacked_states(config, seeds: Sequence[int], steps: int):
+  """(stacked TrainState, shuffle keys, dropout keys), one entry per seed."""
+  states, shuffle_keys, dropout_keys = [], [], []
+  for seed in seeds:
+    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
+    states.append(train.create_train_state(config, init_key, steps))
+    shuffle_keys.append(shuffle_key)
+    dropout_keys.append(dropout_key)
+  stack = lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+  # apply_fn and tx are static and equal in function: keep the first seed's.
+  stacked = states[0].replace(step=stack(*[s.step for s in states]),
+                              params=stack(*[s.params for s in states]),
+                              opt_state=stack(*[s.opt_state for s in states]))
+  return stacked, shuffle_keys, jnp.stack(dropout_keys)
+
+
+def unstack(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def _epoch(step, state, train_split, config, orders, dropout_keys, mesh):
+  """One epoch of all seeds: seed s reads the training set in `orders[s]`."""
+  start = time.perf_counter()
+  sharding = NamedSharding(mesh, P(None, "data"))  # (seed, batch, ...)
+  sums = []
+  for begin in range(0, orders.shape[1] - config.batch_size + 1, config.batch_size):
+    idx_SxB = orders[:, begin:begin + config.batch_size]
+    batch = jax.device_put({"image": train_split.images[idx_SxB],
+                            "label": train_split.labels[idx_SxB]}, sharding)
+    state, metrics = step(state, batch, dropout_keys)
+    sums.append(metrics)
+  sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
+  return state, sums, time.perf_counter() - start
+
+
+def _evaluate(state, test, batch_size: int, mesh) -> Dict[str, np.ndarray]:
+  """Per-seed loss and accuracy on every test image (vmapped eval_step)."""
+  step = jax.jit(jax.vmap(functools.partial(train.eval_step, state.apply_fn),
+                          in_axes=(0, None)))
+  sums = []
+  for images, labels, mask in data_lib.eval_batches(test, batch_size):
+    batch = train.shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
+    sums.append(step(state.params, batch))
+  total = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
+  return {"loss": total["loss_sum"] / total["count"],
+          "accuracy": total["correct"] / total["count"], "count": total["count"]}
+
+
+def _compile(config, state, example, dropout_keys):
+  step = jax.jit(jax.vmap(functools.partial(train.train_step,
+                                            label_smoothing=config.label_smoothing)),
+                 donate_argnums=0)
+  start = time.perf_counter()
+  compiled = step.lower(state, example, dropout_keys).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _write_epoch(workdirs, mngrs, rngs, state, sums, test_metrics, epoch, lr, times):
+  """Each seed's metrics line and checkpoint, as train_and_evaluate writes them."""
+  epoch_s, train_s = times
+  for i, workdir in enumerate(workdirs):
+    if not np.isfinite(sums["loss_sum"][i]):
+      raise UserError(f"training diverged in epoch {epoch} for seed #{i}: lower "
+                      "config.optimizer.learning_rate.")
+    step = int(state.step[i])
+    count = float(sums["count"][i])
+    run_dir.append_metrics(workdir, {
+        "epoch": epoch, "step": step, "learning_rate": float(lr(step - 1)),
+        "train_loss": float(sums["loss_sum"][i]) / count,
+        "train_accuracy": float(sums["correct"][i]) / count,
+        "test_loss": float(test_metrics["loss"][i]),
+        "test_accuracy": float(test_metrics["accuracy"][i]),
+        "test_count": int(test_metrics["count"][i]),
+        "epoch_time_s": epoch_s, "train_time_s": train_s,
+        # Images of this seed per second; all seeds together ran len(seeds)x.
+        "train_images_per_s": count / train_s})
+    checkpoint.save(mngrs[i], step, unstack(state, i), end_of_epoch_progress(
+        epoch, rngs[i]))
+
+
+def end_of_epoch_progress(epoch: int, rng_data) -> Dict:
+  """The `progress` item train_and_evaluate saves at an epoch end, so that a
+  seed's run directory restores and resumes like any other run."""
+  return {"epoch": np.int32(epoch + 1), "batch": np.int32(0),
+          "sums": jax.device_get(train.zero_sums()), "rng": np.asarray(rng_data)}
+
+
+def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
+                workdirs: Sequence[str], *, mnist_dir: Optional[str] = None,
+                data: Optional[Tuple[data_lib.Split, data_lib.Split]] = None,
+                verbose: bool = True) -> List[Dict]:
+  """Trains `config` once per seed in one vmapped program; one run dir per seed.
+
+  Returns each seed's last-epoch metrics plus `compile_time_s` and
+  `total_images_per_s` (all seeds together, last epoch).
+  """
+  if len(seeds) != len(workdirs) or not seeds:
+    raise UserError(f"train_seeds got {len(seeds)} seeds and {len(workdirs)} "
+                    "workdirs: give one workdir per seed.")
+  config_lib.validate(config)
+  build_model(config.model)
+  mesh = train.make_mesh()
+  train.check_batch_size(config.batch_size)
+  train.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  train_split, test = data or data_lib.load_mnist(
+      mnist_dir, train_split=config.data.train_split, test_split=config.data.test_split)
+  steps = train.steps_per_epoch(config, len(train_split))
+  state, shuffle_keys, dropout_keys = stacked_states(config, seeds, steps)
+  state = train.replicate(state, mesh)
+  for seed, workdir in zip(seeds, workdirs):
+    run_dir.write_config(workdir, seed_config(config, seed))
+  idx = np.arange(config.batch_size)[None].repeat(len(seeds), 0)
+  example = jax.device_put({"image": train_split.images[idx],
+                            "label": train_split.labels[idx]},
+                           NamedSharding(mesh, P(None, "data")))
+  step, compile_s = _compile(config, state, example, dropout_keys)
+  mngrs = [checkpoint.manager(w, config.checkpoint.max_to_keep) for w in workdirs]
+  rngs = [jax.random.key_data(jnp.stack([k, d]))
+          for k, d in zip(shuffle_keys, dropout_keys)]
+  lr = make_schedule(config.optimizer, steps, config.num_epochs)
+  for epoch in range(1, config.num_epochs + 1):
+    start = time.perf_counter()
+    orders = np.stack([data_lib.epoch_permutation(k, epoch, len(train_split))
+                       for k in shuffle_keys])
+    state, sums, train_s = _epoch(step, state, train_split, config, orders,
+                                  dropout_keys, mesh)
+    test_metrics = _evaluate(state, test, config.eval_batch_size, mesh)
+    _write_epoch(workdirs, mngrs, rngs, state, sums, test_metrics, epoch, lr,
+                 (time.perf_counter() - start, train_s))
+    if verbose:
+      print(f"epoch {epoch}: test accuracy per seed "
+            f"{np.round(test_metrics['accuracy'], 4).tolist()} "
+            f"({len(seeds) * float(sums['count'][0]) / train_s:,.0f} img/s, all seeds)")
+  for m in mngrs:
+    m.wait_until_finished()
+    m.close()
+  total = len(seeds) * float(sums["count"][0]) / train_s
+  return [dict(run_dir.read_metrics(w)[-1], compile_time_s=compile_s,
+               total_images_per_s=total) for w in workdirs]

@@ -1,0 +1,25 @@
+"""The benchmark's FLOP count and one tiny end-to-end run of its table."""
+
+import csv
+
+from mnist_jax import benchmark
+
+from configs import cnn as cnn_config, mlp as mlp_config
+
+
+def test_forward_flops_are_two_per_multiply_add_of_each_layer():
+  assert benchmark.forward_flops_per_image(mlp_config.get_config().model) == (
+      2 * (784 * 128 + 128 * 10))
+  cnn = 2 * (28 * 28 * 9 * 1 * 32 + 14 * 14 * 9 * 32 * 64 + 7 * 7 * 9 * 64 * 128
+             + 3 * 3 * 128 * 128 + 128 * 10)
+  assert benchmark.forward_flops_per_image(cnn_config.get_config().model) == cnn
+
+
+def test_benchmark_writes_one_row_per_case(tmp_path):
+  out = tmp_path / "bench.csv"
+  rows = benchmark.main(["--configs", "configs/mlp.py", "--rounds", "1",
+                         "--steps", "1", "--out", str(out)])
+  assert [r["case"] for r in rows] == ["mlp"]
+  assert rows[0]["train_img_s"] > 0 and 0 < rows[0]["frac_matmul"]
+  written = list(csv.DictReader(open(out)))
+  assert written[0]["case"] == "mlp" and float(written[0]["train_gflop_s"]) > 0

@@ -1,0 +1,68 @@
+"""Every conv_impl is the same function as flax's nn.Conv, with the same params."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import UserError
+from mnist_jax.models import build_model
+from mnist_jax.models.layers import CONV_IMPLS, Conv
+
+from configs import cnn as cnn_config
+
+
+def _assert_trees_close(a, b, rtol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    scale = float(jnp.max(jnp.abs(y))) or 1.0
+    np.testing.assert_allclose(x, y, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+@pytest.mark.parametrize("size,channels,kernel,stride",
+                         [(28, 1, 3, 1), (9, 4, 3, 2), (7, 3, 5, 1), (8, 2, 2, 3)])
+def test_conv_matches_nn_conv_outputs_and_gradients(impl, size, channels, kernel,
+                                                    stride):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, channels))
+  ours = Conv(6, kernel, stride, impl=impl)
+  theirs = nn.Conv(6, (kernel, kernel), strides=(stride, stride), padding="SAME")
+  params = theirs.init(jax.random.key(1), x)["params"]
+  ours_params = ours.init(jax.random.key(1), x)["params"]
+  # Same names, shapes and initial values: seeds and checkpoints carry over.
+  _assert_trees_close(ours_params, params, 0.0)
+  params = {"kernel": params["kernel"],
+            "bias": jax.random.normal(jax.random.key(3), params["bias"].shape)}
+  y_ours = ours.apply({"params": params}, x)
+  y_theirs = theirs.apply({"params": params}, x)
+  _assert_trees_close(y_ours, y_theirs, 1e-5)
+  weights = jax.random.normal(jax.random.key(2), y_theirs.shape)
+
+  def grads(module):
+    loss = lambda p, x: jnp.sum(module.apply({"params": p}, x) * weights)
+    return jax.grad(loss, argnums=(0, 1))(params, x)
+
+  _assert_trees_close(grads(ours), grads(theirs), 1e-5)
+
+
+def test_default_cnn_gives_the_same_logits_and_gradients_with_every_impl():
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  results = []
+  for impl in CONV_IMPLS:
+    cfg = cnn_config.get_config().model
+    cfg.conv_impl = impl
+    model = build_model(cfg)
+    params = model.init(jax.random.key(0), x)["params"]
+    loss = lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 3])
+    results.append((params, model.apply({"params": params}, x), jax.grad(loss)(params)))
+  for params, logits, grads in results[1:]:
+    _assert_trees_close(params, results[0][0], 0.0)
+    _assert_trees_close(logits, results[0][1], 1e-5)
+    _assert_trees_close(grads, results[0][2], 1e-4)
+
+
+def test_unknown_conv_impl_is_rejected():
+  cfg = cnn_config.get_config().model
+  cfg.conv_impl = "winograd"
+  with pytest.raises(UserError, match="conv_impl = 'winograd'.*xla, im2col"):
+    build_model(cfg)
