@@ -1,0 +1,118 @@
+r"""Builds RESULTS.md from the studies' run directories (never from logs).
+
+  python experiments/make_results.py [--preset cpu] [--studies_dir runs/studies]
+
+For each study it rebuilds the tables and figures from the run directories
+(`experiments/<study>.py --preset P --tables_only`), then writes RESULTS.md:
+each table as the study wrote it, the command that made it, the hardware, the
+date the runs finished, and the sentence in FINDINGS saying what the table
+shows. PNG figures are copied to docs/figures/. A study that has not been run
+is listed as such, with its command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDIES = ("mlp_vs_cnn", "robustness", "kernel_size", "stride", "lecun1998")
+TITLES = {
+    "mlp_vs_cnn": "1. MLP vs CNN, and what weight sharing buys",
+    "robustness": "2. Translation and rotation robustness",
+    "kernel_size": "3. Kernel-size ablation",
+    "stride": "4. Stride ablation, with and without pooling",
+    "lecun1998": "5. LeCun et al. 1998, reproduced",
+}
+# One sentence per table file (its name without extension): what it shows.
+# Written after reading the numbers; keep them true when the runs change.
+FINDINGS = {}
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def hardware() -> str:
+  import jax
+  cpu = cpu_name()
+  return (f"{os.cpu_count()}-core {cpu} CPU, {platform.system()}; JAX {jax.__version__} "
+          f"on {jax.default_backend()} ({jax.device_count()} device)")
+
+
+def finished_date(study_dir: str) -> str:
+  stamps = [os.path.getmtime(p) for p in
+            glob.glob(os.path.join(study_dir, "*", "seed_*", "metrics.jsonl"))]
+  if not stamps:
+    return "not run"
+  return datetime.date.fromtimestamp(max(stamps)).isoformat()
+
+
+def rebuild_tables(study: str, preset: str, study_dir: str) -> None:
+  subprocess.run([sys.executable, os.path.join(REPO, "experiments", f"{study}.py"),
+                  "--preset", preset, "--out", study_dir, "--tables_only"],
+                 check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def study_section(study: str, preset: str, study_dir: str, figures_out: str) -> str:
+  command = f"python experiments/{study}.py --preset {preset}"
+  lines = [f"## {TITLES[study]}", "", f"Command: `{command}`; runs finished "
+           f"{finished_date(study_dir)}.", ""]
+  tables = sorted(glob.glob(os.path.join(study_dir, "tables", "*.md")))
+  if finished_date(study_dir) == "not run" or not tables:
+    return "\n".join(lines + ["Not run yet.", ""])
+  for path in tables:
+    name = os.path.splitext(os.path.basename(path))[0]
+    with open(path) as f:
+      lines += [f.read().strip(), ""]
+    if name in FINDINGS:
+      lines += [FINDINGS[name], ""]
+  for png in sorted(glob.glob(os.path.join(study_dir, "figures", "*.png"))):
+    target = os.path.join(figures_out, os.path.basename(png))
+    shutil.copyfile(png, target)
+    rel = os.path.relpath(target, REPO)
+    lines += [f"![{os.path.basename(png)}]({rel})", ""]
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="cpu", choices=("cpu", "full"))
+  parser.add_argument("--studies_dir", default=os.path.join(REPO, "runs", "studies"))
+  parser.add_argument("--conditions", default="", help="a sentence on the machine's "
+                      "state during the runs (e.g. shared with other jobs)")
+  args = parser.parse_args()
+  figures_out = os.path.join(REPO, "docs", "figures")
+  os.makedirs(figures_out, exist_ok=True)
+  sections = []
+  for study in STUDIES:
+    study_dir = os.path.join(args.studies_dir, study, args.preset)
+    if os.path.isdir(study_dir):
+      rebuild_tables(study, args.preset, study_dir)
+    sections.append(study_section(study, args.preset, study_dir, figures_out))
+  header = [
+      "# Results", "",
+      f"Every table below was built by `python experiments/make_results.py "
+      f"--preset {args.preset}` from the run directories of the `{args.preset}` "
+      "preset of each study (mean ± sample std over seeds, ddof=1; n = number of "
+      "seeds). Hardware: " + hardware() + ". " + args.conditions, ""]
+  with open(os.path.join(REPO, "RESULTS.md"), "w") as f:
+    f.write("\n".join(header + sections))
+  print(f"wrote {os.path.join(REPO, 'RESULTS.md')}")
+
+
+if __name__ == "__main__":
+  main()
