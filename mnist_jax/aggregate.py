@@ -38,10 +38,12 @@ class RunResult:
   workdir: str
   metrics: List[Dict]  # metrics.jsonl, one dict per epoch
   extras: Dict  # extras.json
+  select: str = "last"  # config.select: which epoch the run reports
 
   @property
   def final(self) -> Dict:
-    return self.metrics[-1]
+    """The reported epoch: the last, or the best validation epoch's."""
+    return self.metrics[run_dir.selected_index(self.metrics, self.select)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ class PointResult:
   rejected: Optional[str] = None  # why the config is impossible
 
   def final(self, key: str) -> MeanStd:
-    """A last-epoch metric over seeds."""
+    """A final (reported-epoch) metric over seeds."""
     return mean_std([r.final[key] for r in self.runs])
 
   def extra(self, key: str) -> MeanStd:
@@ -71,7 +73,8 @@ def read_run(workdir: str, seed: int) -> Optional[RunResult]:
   if not run_dir.is_finished(workdir, config.num_epochs):
     return None
   metrics = run_dir.read_metrics(workdir)[:config.num_epochs]
-  return RunResult(seed, workdir, metrics, run_dir.read_extras(workdir))
+  return RunResult(seed, workdir, metrics, run_dir.read_extras(workdir),
+                   config.get("select", "last"))
 
 
 def collect(study: Study, preset: Preset, study_dir: str) -> List[PointResult]:

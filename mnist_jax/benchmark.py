@@ -113,11 +113,13 @@ class Case:
     self.key = jax.random.key(1)
     start = time.perf_counter()
     self.train_step = jax.jit(
-        functools.partial(train.train_step, label_smoothing=config.label_smoothing),
+        functools.partial(train.train_step, aug_rng=jax.random.key(2),
+                          **train.step_options(config)),
         donate_argnums=0).lower(self.state, self.batch, self.key).compile()
     self.compile_s = time.perf_counter() - start
     self.eval_step = jax.jit(functools.partial(train.eval_step, self.state.apply_fn)
-                             ).lower(self.state.params, self.eval_batch).compile()
+                             ).lower(train.eval_params(self.state), self.eval_batch,
+                                     self.state.batch_stats).compile()
     self.train_s: List[float] = []
     self.eval_s: List[float] = []
 
@@ -129,7 +131,8 @@ class Case:
     """Times `steps` train steps and `steps` eval batches, after one warm-up each."""
     jax.block_until_ready(self._train_call())
     self.train_s.append(time_calls(self._train_call, steps))
-    evaluate = lambda: self.eval_step(self.state.params, self.eval_batch)
+    evaluate = lambda: self.eval_step(train.eval_params(self.state), self.eval_batch,
+                                      self.state.batch_stats)
     jax.block_until_ready(evaluate())
     self.eval_s.append(time_calls(evaluate, max(1, steps // 4)))
 

@@ -82,9 +82,11 @@ def cmd_train(args: List[str]) -> int:
   from mnist_jax.train import train_and_evaluate
   final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir,
                              force=FLAGS.force)
+  when = (f"of epoch {final['epoch']}, chosen by validation accuracy"
+          if _CONFIG.value.get("select", "last") == "best_val"
+          else f"after {final['epoch']} epochs")
   print(f"final test accuracy {final['test_accuracy']:.4f} "
-        f"(loss {final['test_loss']:.4f}) after {final['epoch']} epochs; "
-        f"run saved in {FLAGS.workdir}")
+        f"(loss {final['test_loss']:.4f}) {when}; run saved in {FLAGS.workdir}")
   return 0
 
 

@@ -18,10 +18,30 @@ def base_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.eval_batch_size = 1000
   config.label_smoothing = 0.0
+  # Evaluate with an exponential moving average of the weights, updated each
+  # step as ema = d * ema + (1 - d) * params; 0 = off.
+  config.ema_decay = 0.0
+  # Which epoch a run reports and keeps for evaluation: 'last', or 'best_val'
+  # (highest validation accuracy; needs data.validation_size > 0).
+  config.select = "last"
 
   config.data = ml_collections.ConfigDict()
   config.data.train_split = "train"  # any tfds split string, e.g. "train[:10%]"
   config.data.test_split = "test"
+  # The last N images of the training split (tfds's fixed order) are held out
+  # for validation: every choice uses them, never the test set. 0 = none.
+  config.data.validation_size = 0
+
+  # On-device augmentation of the training images, inside the jitted step
+  # (mnist_jax/augment.py); per-image parameters drawn uniformly.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = False
+  config.augment.rotation_deg = 0.0  # in [-r, r]
+  config.augment.translate_frac = 0.0  # shift in [-t, t] * image size, x and y
+  config.augment.scale_min = 1.0  # zoom factor in [scale_min, scale_max]
+  config.augment.scale_max = 1.0
+  config.augment.elastic_alpha = 0.0  # elastic distortion strength (pixels); 0 = off
+  config.augment.elastic_sigma = 4.0  # smoothing of the displacement field (pixels)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # sgd | adam | adamw
@@ -57,3 +77,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f"config.label_smoothing = {config.label_smoothing}: use a "
                     "value in [0, 1).")
+  _validate_selection(config)
+  if "augment" in config:
+    validate_augment(config.augment)
+
+
+def _validate_selection(config: ml_collections.ConfigDict) -> None:
+  ema = config.get("ema_decay", 0.0)
+  if not 0.0 <= ema < 1.0:
+    raise UserError(f"config.ema_decay = {ema}: use a value in [0, 1) "
+                    "(0 = no moving average).")
+  size = config.data.get("validation_size", 0)
+  if int(size) != size or size < 0:
+    raise UserError(f"config.data.validation_size = {size}: use a whole number "
+                    ">= 0 (0 = no validation split).")
+  select = config.get("select", "last")
+  if select not in ("last", "best_val"):
+    raise UserError(f"config.select = {select!r}: use 'last' or 'best_val'.")
+  if select == "best_val" and size == 0:
+    raise UserError("config.select = 'best_val' needs a validation split: set "
+                    "config.data.validation_size (e.g. 5000).")
+
+
+def validate_augment(aug: ml_collections.ConfigDict) -> None:
+  """Rejects augmentation settings that are negative or out of range."""
+  for key in ("rotation_deg", "translate_frac", "elastic_alpha"):
+    if aug[key] < 0:
+      raise UserError(f"config.augment.{key} = {aug[key]}: it must be >= 0 "
+                      "(0 turns it off).")
+  if aug.rotation_deg > 180:
+    raise UserError(f"config.augment.rotation_deg = {aug.rotation_deg}: use at "
+                    "most 180 degrees.")
+  if aug.translate_frac >= 1:
+    raise UserError(f"config.augment.translate_frac = {aug.translate_frac}: use "
+                    "a fraction of the image size below 1 (e.g. 0.1).")
+  if not 0 < aug.scale_min <= aug.scale_max:
+    raise UserError(f"config.augment.scale_min/scale_max = {aug.scale_min}/"
+                    f"{aug.scale_max}: use 0 < scale_min <= scale_max.")
+  if aug.elastic_sigma <= 0:
+    raise UserError(f"config.augment.elastic_sigma = {aug.elastic_sigma}: it "
+                    "must be positive.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -124,6 +124,22 @@ def load_mnist(mnist_dir: Optional[str] = None, data_dir: Optional[str] = None,
   """(train, test) splits of MNIST in host memory."""
   return (load_split(train_split, mnist_dir, data_dir),
           load_split(test_split, mnist_dir, data_dir))
+
+
+def split_validation(train: Split, size: int) -> Tuple[Split, Optional[Split]]:
+  """(train minus its last `size` images, those last images); size 0: (train, None).
+
+  The split is fixed by tfds's order of the training set, whatever the seed,
+  so every run and every hyper-parameter choice sees the same validation set.
+  """
+  size = int(size)
+  if size == 0:
+    return train, None
+  if size >= len(train):
+    raise UserError(f"config.data.validation_size = {size} leaves no training "
+                    f"images out of {len(train)}: use a smaller validation split.")
+  return (Split(train.images[:-size], train.labels[:-size]),
+          Split(train.images[-size:], train.labels[-size:]))
 
 
 def epoch_permutation(shuffle_key, epoch: int, num_examples: int) -> np.ndarray:

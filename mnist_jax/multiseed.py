@@ -4,10 +4,13 @@
 leading axis and vmaps `train.train_step` / `train.eval_step` over it: each
 step is one program over all seeds, so small models keep the cores busy that
 a single seed leaves idle. Each seed keeps its own init, data order and
-dropout keys, derived from its seed exactly as in `train_and_evaluate`, so a
+dropout (and augmentation) keys, derived from its seed exactly as in
+`train_and_evaluate`, so a
 seed's result equals its separate run up to float rounding, and each seed's
 run directory (config.json with its seed, metrics.jsonl, checkpoints) is what
-`train_and_evaluate` would have written.
+`train_and_evaluate` would have written. Batch norm statistics and the
+moving average of the weights are stacked like the parameters. A validation
+split (and selection by it) is `train_and_evaluate`'s only: refused here.
 """
 
 from __future__ import annotations
@@ -35,26 +38,24 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 
 def stacked_states(config, seeds: Sequence[int], steps: int):
-  """(stacked TrainState, shuffle keys, dropout keys), one entry per seed."""
-  states, shuffle_keys, dropout_keys = [], [], []
-  for seed in seeds:
-    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
-    states.append(train.create_train_state(config, init_key, steps))
-    shuffle_keys.append(shuffle_key)
-    dropout_keys.append(dropout_key)
+  """(stacked TrainState, shuffle keys, {'dropout', 'augment'}: stacked keys),
+  one entry per seed."""
+  keys = [train.run_keys(seed) for seed in seeds]
+  states = [train.create_train_state(config, k["init"], steps) for k in keys]
   stack = lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
   # apply_fn and tx are static and equal in function: keep the first seed's.
-  stacked = states[0].replace(step=stack(*[s.step for s in states]),
-                              params=stack(*[s.params for s in states]),
-                              opt_state=stack(*[s.opt_state for s in states]))
-  return stacked, shuffle_keys, jnp.stack(dropout_keys)
+  fields = ("step", "params", "opt_state", "batch_stats", "ema_params")
+  stacked = states[0].replace(**{f: stack(*[getattr(s, f) for s in states])
+                                 for f in fields})
+  return (stacked, [k["shuffle"] for k in keys],
+          {name: jnp.stack([k[name] for k in keys]) for name in ("dropout", "augment")})
 
 
 def unstack(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _epoch(step, state, train_split, config, orders, dropout_keys, mesh):
+def _epoch(step, state, train_split, config, orders, step_keys, mesh):
   """One epoch of all seeds: seed s reads the training set in `orders[s]`."""
   start = time.perf_counter()
   sharding = NamedSharding(mesh, P(None, "data"))  # (seed, batch, ...)
@@ -63,7 +64,8 @@ def _epoch(step, state, train_split, config, orders, dropout_keys, mesh):
     idx_SxB = orders[:, begin:begin + config.batch_size]
     batch = jax.device_put({"image": train_split.images[idx_SxB],
                             "label": train_split.labels[idx_SxB]}, sharding)
-    state, metrics = step(state, batch, dropout_keys)
+    state, metrics = step(state, batch, step_keys["dropout"],
+                          step_keys["augment"])
     sums.append(metrics)
   sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
   return state, sums, time.perf_counter() - start
@@ -72,22 +74,25 @@ def _epoch(step, state, train_split, config, orders, dropout_keys, mesh):
 def _evaluate(state, test, batch_size: int, mesh) -> Dict[str, np.ndarray]:
   """Per-seed loss and accuracy on every test image (vmapped eval_step)."""
   step = jax.jit(jax.vmap(functools.partial(train.eval_step, state.apply_fn),
-                          in_axes=(0, None)))
+                          in_axes=(0, None, 0)))
   sums = []
   for images, labels, mask in data_lib.eval_batches(test, batch_size):
     batch = train.shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
-    sums.append(step(state.params, batch))
+    sums.append(step(train.eval_params(state), batch, state.batch_stats))
   total = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
   return {"loss": total["loss_sum"] / total["count"],
           "accuracy": total["correct"] / total["count"], "count": total["count"]}
 
 
-def _compile(config, state, example, dropout_keys):
-  step = jax.jit(jax.vmap(functools.partial(train.train_step,
-                                            label_smoothing=config.label_smoothing)),
+def _step(state, batch, dropout_key, augment_key, **options):
+  return train.train_step(state, batch, dropout_key, aug_rng=augment_key, **options)
+
+
+def _compile(config, state, example, keys):
+  step = jax.jit(jax.vmap(functools.partial(_step, **train.step_options(config))),
                  donate_argnums=0)
   start = time.perf_counter()
-  compiled = step.lower(state, example, dropout_keys).compile()
+  compiled = step.lower(state, example, keys["dropout"], keys["augment"]).compile()
   return compiled, time.perf_counter() - start
 
 
@@ -134,6 +139,10 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     raise UserError(f"train_seeds got {len(seeds)} seeds and {len(workdirs)} "
                     "workdirs: give one workdir per seed.")
   config_lib.validate(config)
+  if config.data.get("validation_size", 0) or config.get("select", "last") != "last":
+    raise UserError("train_seeds has no validation split: set "
+                    "config.data.validation_size = 0 and select = 'last', or train "
+                    "each seed with train_and_evaluate.")
   build_model(config.model)
   mesh = train.make_mesh()
   train.check_batch_size(config.batch_size)
@@ -141,7 +150,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   train_split, test = data or data_lib.load_mnist(
       mnist_dir, train_split=config.data.train_split, test_split=config.data.test_split)
   steps = train.steps_per_epoch(config, len(train_split))
-  state, shuffle_keys, dropout_keys = stacked_states(config, seeds, steps)
+  state, shuffle_keys, step_keys = stacked_states(config, seeds, steps)
   state = train.replicate(state, mesh)
   for seed, workdir in zip(seeds, workdirs):
     run_dir.write_config(workdir, seed_config(config, seed))
@@ -149,17 +158,17 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   example = jax.device_put({"image": train_split.images[idx],
                             "label": train_split.labels[idx]},
                            NamedSharding(mesh, P(None, "data")))
-  step, compile_s = _compile(config, state, example, dropout_keys)
+  step, compile_s = _compile(config, state, example, step_keys)
   mngrs = [checkpoint.manager(w, config.checkpoint.max_to_keep) for w in workdirs]
   rngs = [jax.random.key_data(jnp.stack([k, d]))
-          for k, d in zip(shuffle_keys, dropout_keys)]
+          for k, d in zip(shuffle_keys, step_keys["dropout"])]
   lr = make_schedule(config.optimizer, steps, config.num_epochs)
   for epoch in range(1, config.num_epochs + 1):
     start = time.perf_counter()
     orders = np.stack([data_lib.epoch_permutation(k, epoch, len(train_split))
                        for k in shuffle_keys])
     state, sums, train_s = _epoch(step, state, train_split, config, orders,
-                                  dropout_keys, mesh)
+                                  step_keys, mesh)
     test_metrics = _evaluate(state, test, config.eval_batch_size, mesh)
     _write_epoch(workdirs, mngrs, rngs, state, sums, test_metrics, epoch, lr,
                  (time.perf_counter() - start, train_s))

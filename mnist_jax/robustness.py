@@ -68,8 +68,8 @@ def accuracy_fn(state, labels: np.ndarray,
   def accuracy(images: np.ndarray) -> float:
     correct = count = 0.0
     for x, y, mask in eval_batches(Split(images=images, labels=labels), batch_size):
-      sums = step(state.params, train.shard_batch(
-          {"image": x, "label": y, "mask": mask}, mesh))
+      sums = step(train.eval_params(state), train.shard_batch(
+          {"image": x, "label": y, "mask": mask}, mesh), state.batch_stats)
       correct, count = correct + float(sums["correct"]), count + float(sums["count"])
     return correct / count
   return accuracy
@@ -82,7 +82,8 @@ def evaluate_run(run, load_data, shifts: Sequence[int],
   if done and done["shift_px"] == list(shifts) and done["rotation_deg"] == list(angles):
     return done
   _, test = load_data()
-  state = train.restore_state(run.workdir, run.config)
+  state = train.restore_state(run.workdir, run.config,
+                              which=train.selected_checkpoint(run.config))
   result = curves(accuracy_fn(state, test.labels, run.config.eval_batch_size),
                   test, shifts, angles)
   run_dir.update_extras(run.workdir, **{EXTRAS_KEY: result})

@@ -3,6 +3,8 @@
   <workdir>/config.json     the run's full config
   <workdir>/metrics.jsonl   one JSON object per epoch (keys in METRIC_KEYS)
   <workdir>/checkpoints/    orbax checkpoints of the train state
+  <workdir>/best_checkpoint/  the best epoch's state by validation accuracy
+                            (only with config.select = 'best_val')
   <workdir>/extras.json     optional per-run facts for tables (parameters,
                             multiply-adds, training time, robustness curves)
   <study>/<point>/rejected.json  a study point whose config is impossible
@@ -26,17 +28,21 @@ from mnist_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT_DIR = "best_checkpoint"
 EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
 FIGURES_DIR = "figures"
 
-# Every epoch line of metrics.jsonl has exactly these keys.
+# Every epoch line of metrics.jsonl has these keys...
 METRIC_KEYS = (
     "epoch", "step", "learning_rate",
     "train_loss", "train_accuracy",
     "test_loss", "test_accuracy", "test_count",
     "epoch_time_s", "train_time_s", "train_images_per_s",
 )
+# ...and these when the run has a validation split (config.data.validation_size).
+OPTIONAL_METRIC_KEYS = ("val_loss", "val_accuracy", "val_count")
+SELECTIONS = ("last", "best_val")
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -68,9 +74,22 @@ def _flatten(tree: Dict, prefix: str = "") -> Dict:
   return flat
 
 
+def _base_defaults() -> Dict:
+  from mnist_jax.config import base_config  # config -> errors only: no cycle
+  return _flatten(config_as_dict(base_config()))
+
+
 def config_differences(saved: Dict, new: Dict) -> List[str]:
-  """'key: saved -> new' for every leaf that differs, missing ones included."""
+  """'key: saved -> new' for every leaf that differs, missing ones included.
+
+  A key the saved config lacks but whose new value is base_config's default
+  is no difference: it was added to base_config after the run was saved, and
+  its default keeps the old behaviour.
+  """
   a, b = _flatten(saved), _flatten(new)
+  defaults = _base_defaults()
+  a.update({k: v for k, v in b.items()
+            if k not in a and k in defaults and defaults[k] == v})
   return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
           for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
@@ -100,6 +119,7 @@ def clear(workdir: str) -> None:
     if os.path.isfile(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
   shutil.rmtree(checkpoint_dir(workdir), ignore_errors=True)
+  shutil.rmtree(best_checkpoint_dir(workdir), ignore_errors=True)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -115,6 +135,10 @@ def append_metrics(workdir: str, metrics: Dict) -> None:
   missing = set(METRIC_KEYS) - set(metrics)
   if missing:
     raise ValueError(f"epoch metrics lack {sorted(missing)}")
+  unknown = set(metrics) - set(METRIC_KEYS) - set(OPTIONAL_METRIC_KEYS)
+  if unknown:
+    raise ValueError(f"epoch metrics have unknown keys {sorted(unknown)}: add "
+                     "them to run_dir.METRIC_KEYS or OPTIONAL_METRIC_KEYS")
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(metrics, sort_keys=True) + "\n")
 
@@ -142,6 +166,32 @@ def read_metrics(workdir: str) -> List[Dict]:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def best_checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, BEST_CHECKPOINT_DIR))
+
+
+def selected_index(lines: List[Dict], select: str = "last") -> int:
+  """Index of the epoch line a run reports: the last one, or ('best_val') the
+  first with the highest validation accuracy. Test metrics are never read."""
+  if select == "last":
+    return len(lines) - 1
+  if select != "best_val":
+    raise UserError(f"config.select = {select!r}: use one of {', '.join(SELECTIONS)}.")
+  if any("val_accuracy" not in m for m in lines):
+    raise UserError("select = 'best_val' needs val_accuracy in every epoch line: "
+                    "set config.data.validation_size > 0.")
+  accuracies = [m["val_accuracy"] for m in lines]
+  return accuracies.index(max(accuracies))
+
+
+def selected_metrics(workdir: str, select: str = "last") -> Dict:
+  """The epoch line a run reports as final (see selected_index)."""
+  lines = read_metrics(workdir)
+  if not lines:
+    raise UserError(f"{workdir!r} has no epoch metrics yet: train the run first.")
+  return lines[selected_index(lines, select)]
 
 
 def is_finished(workdir: str, num_epochs: int) -> bool:

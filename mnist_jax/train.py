@@ -13,6 +13,13 @@ A run checkpoints every `config.checkpoint.every_steps` steps and at each
 epoch end; started again on the same workdir it resumes from the newest
 checkpoint and ends with the same parameters and metrics as an uninterrupted
 run. A NaN or inf loss stops the run before any non-finite state is saved.
+
+Optional parts, all off by default: batch norm statistics carried in the
+state (models that have them), augmentation of the training images inside the
+step (`config.augment`), an exponential moving average of the weights used for
+evaluation (`config.ema_decay`), and a validation split carved from the end of
+the training set (`config.data.validation_size`), which `config.select =
+'best_val'` uses to pick the epoch the run reports and keeps.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from mnist_jax import augment as augment_lib
 from mnist_jax import checkpoint, config as config_lib, data as data_lib, run_dir
 from mnist_jax.errors import UserError
 from mnist_jax.models import build_model
@@ -43,7 +52,30 @@ Batch = Dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-  """params, opt_state and step (flax's TrainState); apply_fn and tx are static."""
+  """params, opt_state and step (flax's TrainState); apply_fn and tx are static.
+
+  batch_stats: batch norm running statistics ({} for models without batch norm).
+  ema_params: moving average of params, used for evaluation (None when off);
+  ema_decay (static) is its decay.
+  """
+  batch_stats: Any = struct.field(default_factory=dict)
+  ema_params: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+
+def eval_params(state: TrainState):
+  """The weights evaluation uses: the moving average when there is one."""
+  return state.params if state.ema_params is None else state.ema_params
+
+
+def run_keys(seed: int) -> Dict[str, jax.Array]:
+  """The named keys a run derives from its seed.
+
+  split(key, 4)'s first three keys equal split(key, 3)'s (tested), so the
+  init, shuffle and dropout keys are the ones runs had before 'augment' existed.
+  """
+  names = ("init", "shuffle", "dropout", "augment")
+  return dict(zip(names, jax.random.split(jax.random.key(seed), len(names))))
 
 
 # ----------------------------------------------------------------------------
@@ -60,20 +92,48 @@ def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array,
   return optax.softmax_cross_entropy(logits_BxC, targets)
 
 
+def _forward(state: TrainState, params, images, dropout_rng):
+  """Training-mode logits and the updated batch norm statistics (if any)."""
+  rngs = {"dropout": dropout_rng}
+  if not state.batch_stats:
+    return state.apply_fn({"params": params}, images, train=True, rngs=rngs), {}
+  logits, updates = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+      rngs=rngs, mutable=["batch_stats"])
+  return logits, updates["batch_stats"]
+
+
+def ema_update(ema, params, decay: float):
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
 def train_step(state: TrainState, batch: Batch, rng: jax.Array,
-               label_smoothing: float = 0.0) -> Tuple[TrainState, Dict]:
-  """One optimiser update on `batch`; metrics are sums, not means."""
+               label_smoothing: float = 0.0,
+               aug_rng: Optional[jax.Array] = None,
+               augment: Optional[ml_collections.ConfigDict] = None
+               ) -> Tuple[TrainState, Dict]:
+  """One optimiser update on `batch`; metrics are sums, not means.
+
+  `rng` is the run's dropout key and `aug_rng` its augmentation key (needed
+  when `augment.enabled`); both are folded with the step number here.
+  """
   images = data_lib.scale_pixels(batch["image"])
+  if augment is not None and augment.enabled:
+    images = augment_lib.augment_batch(jax.random.fold_in(aug_rng, state.step),
+                                       images, augment)
   labels = batch["label"]
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
-    logits = state.apply_fn({"params": params}, images, train=True,
-                            rngs={"dropout": dropout_rng})
-    return cross_entropy(logits, labels, label_smoothing).mean(), logits
+    logits, batch_stats = _forward(state, params, images, dropout_rng)
+    return cross_entropy(logits, labels, label_smoothing).mean(), (logits, batch_stats)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema_params is not None:
+    state = state.replace(
+        ema_params=ema_update(state.ema_params, state.params, state.ema_decay))
   metrics = {
       "loss_sum": loss * labels.shape[0],
       "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
@@ -90,7 +150,7 @@ def zero_sums() -> Dict[str, jax.Array]:
 
 
 def accumulate_step(state: TrainState, sums: Dict, batch: Batch, rng: jax.Array,
-                    label_smoothing: float = 0.0) -> Tuple[TrainState, Dict]:
+                    aug_rng: jax.Array, **step_options) -> Tuple[TrainState, Dict]:
   """`train_step`, adding its metrics to the epoch's running sums on device.
 
   Summing on device, in step order, needs no host sync per step and gives the
@@ -98,7 +158,7 @@ def accumulate_step(state: TrainState, sums: Dict, batch: Batch, rng: jax.Array,
   checkpointed). `first_bad_step` is the first step whose loss was NaN or inf
   (-1: none), read at the next checkpoint.
   """
-  state, metrics = train_step(state, batch, rng, label_smoothing)
+  state, metrics = train_step(state, batch, rng, aug_rng=aug_rng, **step_options)
   bad = ~jnp.isfinite(metrics["loss_sum"]) & (sums["first_bad_step"] < 0)
   return state, {
       "loss_sum": sums["loss_sum"] + metrics["loss_sum"],
@@ -114,10 +174,16 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def eval_step(apply_fn, params, batch: Batch) -> Dict:
+def variables(params, batch_stats=None) -> Dict:
+  """The variables for `apply`: batch_stats only for models that have them."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
+      "params": params}
+
+
+def eval_step(apply_fn, params, batch: Batch, batch_stats=None) -> Dict:
   """Sums of loss and correct predictions over the real (mask=1) examples."""
-  logits = apply_fn({"params": params}, data_lib.scale_pixels(batch["image"]),
-                    train=False)
+  logits = apply_fn(variables(params, batch_stats),
+                    data_lib.scale_pixels(batch["image"]), train=False)
   mask = batch["mask"]
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -188,10 +254,22 @@ def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
   """Fresh parameters and optimiser state for `config`."""
   model = build_model(config.model)
   dummy = jnp.zeros((1,) + data_lib.IMAGE_SHAPE, jnp.float32)
-  params = model.init(init_rng, dummy, train=False)["params"]
+  init = model.init(init_rng, dummy, train=False)
+  params = init["params"]
   schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   tx = make_optimizer(config.optimizer, schedule)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  ema_decay = float(config.get("ema_decay", 0.0))  # runs saved before EMA lack it
+  # A copy, not the same arrays: the step donates the state's buffers.
+  ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=init.get("batch_stats", {}),
+                           ema_params=ema, ema_decay=ema_decay)
+
+
+def step_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The config's settings that `train_step` takes besides state, batch, keys."""
+  return {"label_smoothing": config.label_smoothing,
+          "augment": config.get("augment")}
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -211,7 +289,8 @@ def evaluate(state: TrainState, split: data_lib.Split, batch_size: int,
   sums = []
   for images, labels, mask in data_lib.eval_batches(split, batch_size):
     batch = shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
-    sums.append(_jitted_eval_step(state.apply_fn, state.params, batch))
+    sums.append(_jitted_eval_step(state.apply_fn, eval_params(state), batch,
+                                  state.batch_stats))
   total = jax.tree.map(lambda *xs: float(np.sum(xs)), *to_host(sums))
   return {"loss": total["loss_sum"] / total["count"],
           "accuracy": total["correct"] / total["count"],
@@ -235,14 +314,16 @@ class _Run:
   workdir: str
   mesh: Any
   train: data_lib.Split
+  val: Optional[data_lib.Split]  # None without config.data.validation_size
   test: data_lib.Split
   steps: int  # per epoch
   step_fn: Any  # compiled accumulate_step
   mngr: Any  # orbax CheckpointManager
-  shuffle_key: jax.Array
-  dropout_key: jax.Array
-  rng_data: jax.Array  # both keys' data, saved with every checkpoint
+  best_mngr: Any  # the best epoch's checkpoint (select='best_val'), else None
+  keys: Dict[str, jax.Array]  # run_keys(config.seed)
+  rng_data: jax.Array  # shuffle and dropout keys' data, saved with every checkpoint
   log: Any
+  best_val: float = -1.0  # best validation accuracy kept so far
 
   @property
   def writer(self) -> bool:
@@ -252,11 +333,11 @@ class _Run:
 
 def _compile_train_step(config, state, sums, example_batch):
   """jit + AOT compile, so compile time is measured apart from the epochs."""
-  step = jax.jit(functools.partial(accumulate_step,
-                                   label_smoothing=config.label_smoothing),
+  step = jax.jit(functools.partial(accumulate_step, **step_options(config)),
                  donate_argnums=(0, 1))
   start = time.perf_counter()
-  compiled = step.lower(state, sums, example_batch, jax.random.key(0)).compile()
+  compiled = step.lower(state, sums, example_batch, jax.random.key(0),
+                        jax.random.key(0)).compile()
   return compiled, time.perf_counter() - start
 
 
@@ -291,26 +372,25 @@ def _train_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
   """Trains batches first_batch.. of `epoch`, saving every `every_steps` steps."""
   config = run.config
   every = config.checkpoint.every_steps
-  order = data_lib.epoch_permutation(run.shuffle_key, epoch, len(run.train))
+  order = data_lib.epoch_permutation(run.keys["shuffle"], epoch, len(run.train))
   batches = data_lib.train_batches(run.train, config.batch_size, order, first_batch)
   for b, (images, labels) in enumerate(
       tqdm(batches, total=run.steps - first_batch, desc=f"epoch {epoch}",
            leave=False, disable=None, file=sys.stderr), start=first_batch):
     batch = shard_batch({"image": images, "label": labels}, run.mesh)
-    state, sums = run.step_fn(state, sums, batch, run.dropout_key)
+    state, sums = run.step_fn(state, sums, batch, run.keys["dropout"],
+                              run.keys["augment"])
     step = (epoch - 1) * run.steps + b + 1  # counted here: reading state.step syncs
     if every and step % every == 0 and b + 1 < run.steps:  # epoch end saves below
       _save(run, step, state, epoch, b + 1, sums)
   return state, sums
 
 
-def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
-  """Trains the rest of `epoch`, evaluates, writes its metrics line, saves."""
-  start = time.perf_counter()
-  state, sums = _train_epoch(run, state, sums, epoch, first_batch)
-  train_s = time.perf_counter() - start
+def _epoch_metrics(run: _Run, state, sums, epoch: int, first_batch: int,
+                   times: Tuple[float, float]) -> Dict:
+  """The epoch's metrics line: train sums, test (and validation) evaluation."""
+  start, train_s = times
   step = epoch * run.steps
-  _check_finite(run, state, sums, step)
   totals = to_host(sums)
   test_metrics = evaluate(state, run.test, run.config.eval_batch_size, run.mesh)
   schedule = make_schedule(run.config.optimizer, run.steps, run.config.num_epochs)
@@ -322,22 +402,52 @@ def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
       "train_accuracy": int(totals["correct"]) / int(totals["count"]),
       "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
       "test_count": test_metrics["count"],
-      "epoch_time_s": time.perf_counter() - start,
-      "train_time_s": train_s,
-      "train_images_per_s": trained / train_s,
   }
+  if run.val is not None:
+    val = evaluate(state, run.val, run.config.eval_batch_size, run.mesh)
+    metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"],
+                   val_count=val["count"])
+  return dict(metrics, epoch_time_s=time.perf_counter() - start,
+              train_time_s=train_s, train_images_per_s=trained / train_s)
+
+
+def _keep_if_best(run: _Run, step: int, state, metrics: Dict) -> None:
+  """With select='best_val': keeps the state of the best validation epoch.
+
+  Strictly better only, so the first of equal epochs is kept, as
+  run_dir.selected_index picks it. A redone epoch (resumed after a kill)
+  reaches the same accuracy and is not saved twice.
+  """
+  if run.best_mngr is None or metrics["val_accuracy"] <= run.best_val:
+    return
+  run.best_val = metrics["val_accuracy"]
+  checkpoint.save_best(run.best_mngr, step, state,
+                       {"epoch": metrics["epoch"], "val_accuracy": run.best_val})
+
+
+def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
+  """Trains the rest of `epoch`, evaluates, writes its metrics line, saves."""
+  start = time.perf_counter()
+  state, sums = _train_epoch(run, state, sums, epoch, first_batch)
+  train_s = time.perf_counter() - start
+  step = epoch * run.steps
+  _check_finite(run, state, sums, step)
+  metrics = _epoch_metrics(run, state, sums, epoch, first_batch, (start, train_s))
   # The line goes first: a kill before the checkpoint below is durable redoes
   # this epoch, and the resumed run drops the line (run_dir.keep_epochs).
   if run.writer:
     run_dir.append_metrics(run.workdir, metrics)
+  _keep_if_best(run, step, state, metrics)
   checkpoint.save(run.mngr, step, state,
                   _progress(run, epoch + 1, 0, replicate(zero_sums(), run.mesh)))
   return state, metrics
 
 
 def _log_epoch(log, m: Dict) -> None:
+  val = (f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f}  "
+         if "val_accuracy" in m else "")
   log(f"epoch {m['epoch']:3d}  train loss {m['train_loss']:.4f} "
-      f"acc {m['train_accuracy']:.4f}  test loss {m['test_loss']:.4f} "
+      f"acc {m['train_accuracy']:.4f}  {val}test loss {m['test_loss']:.4f} "
       f"acc {m['test_accuracy']:.4f}  {m['epoch_time_s']:.1f}s "
       f"({m['train_images_per_s']:,.0f} img/s)")
 
@@ -363,6 +473,9 @@ def _start(run: _Run, state, progress):
             f"(epoch {epoch}, batch {batch})")
   if run.writer:
     run_dir.keep_epochs(run.workdir, epoch - 1)
+  if run.best_mngr is not None:
+    best = checkpoint.best_selection(run.best_mngr)
+    run.best_val = -1.0 if best is None else float(best["val_accuracy"])
   return state, progress["sums"], epoch, batch
 
 
@@ -374,8 +487,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   A workdir holding this config's run resumes from its newest checkpoint; one
   holding another config's run is refused unless `force` (which overwrites it).
-  `data` (train, test) skips loading, for studies that train many runs.
-  Returns the last epoch's metrics plus `num_params` and `compile_time_s`.
+  `data` (train, test) skips loading, for studies that train many runs; the
+  validation split, if any, is carved from its train split here.
+  Returns the selected epoch's metrics (the last, or with select='best_val'
+  the best validation epoch's) plus `selected_epoch`, `num_params` and
+  `compile_time_s`.
   """
   config_lib.validate(config)
   build_model(config.model)  # rejects an impossible architecture before any work
@@ -387,56 +503,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _claim_workdir(workdir, config, force)
   train, test = data or data_lib.load_mnist(mnist_dir, train_split=config.data.train_split,
                                             test_split=config.data.test_split)
+  train, val = data_lib.split_validation(train, config.data.get("validation_size", 0))
   steps = steps_per_epoch(config, len(train))
 
-  init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = replicate(create_train_state(config, init_key, steps), mesh)
+  keys = run_keys(config.seed)
+  state = replicate(create_train_state(config, keys["init"], steps), mesh)
   num_params = count_params(state.params)
-  log(f"model {config.model.name}: {num_params:,} parameters; "
-      f"{len(train):,} train / {len(test):,} test images; {steps} steps per epoch")
+  log(f"model {config.model.name}: {num_params:,} parameters; {len(train):,} train / "
+      f"{len(val) if val else 0:,} validation / {len(test):,} test images; "
+      f"{steps} steps per epoch")
   example = shard_batch({"image": train.images[:config.batch_size],
                          "label": train.labels[:config.batch_size]}, mesh)
   sums = replicate(zero_sums(), mesh)
   step_fn, compile_s = _compile_train_step(config, state, sums, example)
   log(f"train step compiled in {compile_s:.1f}s")
-  run = _Run(config, workdir, mesh, train, test, steps, step_fn,
+  select = config.get("select", "last")
+  run = _Run(config, workdir, mesh, train, val, test, steps, step_fn,
              checkpoint.manager(workdir, config.checkpoint.max_to_keep),
-             shuffle_key, dropout_key,
-             replicate(jax.random.key_data(jnp.stack([shuffle_key, dropout_key])), mesh),
-             log)
+             checkpoint.best_manager(workdir) if select == "best_val" else None,
+             keys, replicate(jax.random.key_data(
+                 jnp.stack([keys["shuffle"], keys["dropout"]])), mesh), log)
   try:
-    metrics = _loop(run, state, sums)
+    _loop(run, state, sums)
   finally:
-    run.mngr.wait_until_finished()
-    run.mngr.close()
-  return dict(metrics, num_params=num_params, compile_time_s=compile_s)
+    for mngr in filter(None, (run.mngr, run.best_mngr)):
+      mngr.wait_until_finished()
+      mngr.close()
+  lines = run_dir.read_metrics(workdir)  # every epoch's, from before a resume too
+  metrics = lines[run_dir.selected_index(lines, select)]
+  if select == "best_val":
+    log(f"selected epoch {metrics['epoch']} (best validation accuracy "
+        f"{metrics['val_accuracy']:.4f}): test accuracy {metrics['test_accuracy']:.4f}")
+  return dict(metrics, selected_epoch=metrics["epoch"], num_params=num_params,
+              compile_time_s=compile_s)
 
 
-def _loop(run: _Run, state, sums) -> Dict:
-  """The epochs left to train; returns the last epoch's metrics."""
+def _loop(run: _Run, state, sums) -> None:
+  """The epochs left to train."""
   state, sums, first_epoch, first_batch = _start(
       run, state, _progress(run, 1, 0, sums))
   if first_epoch > run.config.num_epochs:
     run.log("the run is already complete: nothing to train")
-    return run_dir.read_metrics(run.workdir)[-1]
+    return
   for epoch in range(first_epoch, run.config.num_epochs + 1):
     state, metrics = _run_epoch(run, state, sums, epoch, first_batch)
     _log_epoch(run.log, metrics)
     sums, first_batch = replicate(zero_sums(), run.mesh), 0
-  return metrics
+
+
+def selected_checkpoint(config: ml_collections.ConfigDict) -> str:
+  """'best' for runs that select by validation accuracy, else 'last'."""
+  return "best" if config.get("select", "last") == "best_val" else "last"
 
 
 def restore_and_evaluate(workdir: str, *, mnist_dir: Optional[str] = None) -> Dict:
-  """Restores a run's last checkpoint and evaluates it on the test set."""
+  """Restores a run's selected checkpoint (see selected_checkpoint) and
+  evaluates it on the test set."""
   config = run_dir.read_config(workdir)
   test = data_lib.load_split(config.data.test_split, mnist_dir)
   mesh = make_mesh()
-  state = restore_state(workdir, config, mesh)
+  state = restore_state(workdir, config, mesh, which=selected_checkpoint(config))
   return evaluate(state, test, config.eval_batch_size, mesh)
 
 
 def restore_state(workdir: str, config: ml_collections.ConfigDict,
-                  mesh=None) -> TrainState:
-  """The run's last saved TrainState, replicated over `mesh` (any device count)."""
+                  mesh=None, which: str = "last") -> TrainState:
+  """The run's last saved TrainState ('last'), or that of its best validation
+  epoch ('best'), replicated over `mesh` (any device count)."""
   template = create_train_state(config, jax.random.key(0), steps_per_epoch=1)
-  return checkpoint.restore_latest(workdir, replicate(template, mesh or make_mesh()))
+  return checkpoint.restore_latest(workdir, replicate(template, mesh or make_mesh()),
+                                   which)

@@ -1,7 +1,10 @@
 """A trained run, restored for looking inside and predicting: `load(workdir)`.
 
-Holds the model and its parameters (the optimiser state is dropped) and gives
-probabilities for uint8 images and the feature maps of each conv stage.
+Holds the model and the parameters evaluation uses (the moving average when
+the run kept one; the optimiser state is dropped), its batch norm statistics
+if it has any, and gives probabilities for uint8 images and the feature maps
+of each conv stage. A run that selects by validation accuracy loads its best
+epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class TrainedModel:
   config: ml_collections.ConfigDict
   model: nn.Module
   params: Dict
+  batch_stats: Dict = dataclasses.field(default_factory=dict)  # {}: no batch norm
 
   @property
   def conv_stages(self) -> List[str]:
@@ -45,7 +49,8 @@ class TrainedModel:
     """Softmax outputs NxC for uint8 images, in batches of one compiled shape."""
     batch_size = batch_size or int(self.config.eval_batch_size)
     split = data_lib.Split(images_NxHxWx1, np.zeros(len(images_NxHxWx1), np.int32))
-    probs = [np.asarray(_softmax(self.model, self.params, images))[mask > 0]
+    probs = [np.asarray(_softmax(self.model, self.params, self.batch_stats,
+                                 images))[mask > 0]
              for images, _, mask in data_lib.eval_batches(split, batch_size)]
     return np.concatenate(probs)
 
@@ -58,23 +63,30 @@ class TrainedModel:
     """
     x = data_lib.scale_pixels(image_HxWx1[None])
     _, state = self.model.apply(
-        {"params": self.params}, x, train=False,
+        _variables(self.params, self.batch_stats), x, train=False,
         capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
     acts = self.config.model.activations
     return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
             for i, name in enumerate(self.conv_stages)]
 
 
+def _variables(params: Dict, batch_stats: Dict) -> Dict:
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
+      "params": params}
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _softmax(model: nn.Module, params: Dict, images_uint8):
-  logits_BxC = model.apply({"params": params}, data_lib.scale_pixels(images_uint8),
-                           train=False)
+def _softmax(model: nn.Module, params: Dict, batch_stats: Dict, images_uint8):
+  logits_BxC = model.apply(_variables(params, batch_stats),
+                           data_lib.scale_pixels(images_uint8), train=False)
   return jax.nn.softmax(logits_BxC)
 
 
 def load(workdir: str) -> TrainedModel:
-  """The run's config, model and last checkpoint's parameters."""
-  from mnist_jax.train import restore_state  # heavy: optax, orbax
+  """The run's config, model and selected checkpoint's evaluation parameters."""
+  from mnist_jax import train  # heavy: optax, orbax
   config = run_dir.read_config(workdir)
-  state = restore_state(workdir, config)
-  return TrainedModel(config, build_model(config.model), jax.device_get(state.params))
+  state = train.restore_state(workdir, config, which=train.selected_checkpoint(config))
+  return TrainedModel(config, build_model(config.model),
+                      jax.device_get(train.eval_params(state)),
+                      jax.device_get(state.batch_stats))
