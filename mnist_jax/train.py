@@ -429,6 +429,8 @@ def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
   """Trains the rest of `epoch`, evaluates, writes its metrics line, saves."""
   start = time.perf_counter()
   state, sums = _train_epoch(run, state, sums, epoch, first_batch)
+  # Steps are dispatched asynchronously: wait for the last one before timing.
+  jax.block_until_ready((state, sums))
   train_s = time.perf_counter() - start
   step = epoch * run.steps
   _check_finite(run, state, sums, step)
