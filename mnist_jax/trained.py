@@ -1,7 +1,8 @@
 """A trained run, restored for looking inside and predicting: `load(workdir)`.
 
-Holds the model and its parameters (the optimiser state is dropped) and gives
-probabilities for uint8 images and the feature maps of each conv stage.
+Holds the model, its parameters and its batch-norm statistics if it has any
+(the optimiser state is dropped), and gives probabilities for uint8 images and
+the feature maps of each conv stage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ class TrainedModel:
   config: ml_collections.ConfigDict
   model: nn.Module
   params: Dict
+  batch_stats: Dict = dataclasses.field(default_factory=dict)  # {} without BN
+
+  @property
+  def variables(self) -> Dict:
+    """What `model.apply` takes in evaluation mode."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
 
   @property
   def conv_stages(self) -> List[str]:
@@ -45,7 +54,7 @@ class TrainedModel:
     """Softmax outputs NxC for uint8 images, in batches of one compiled shape."""
     batch_size = batch_size or int(self.config.eval_batch_size)
     split = data_lib.Split(images_NxHxWx1, np.zeros(len(images_NxHxWx1), np.int32))
-    probs = [np.asarray(_softmax(self.model, self.params, images))[mask > 0]
+    probs = [np.asarray(_softmax(self.model, self.variables, images))[mask > 0]
              for images, _, mask in data_lib.eval_batches(split, batch_size)]
     return np.concatenate(probs)
 
@@ -58,7 +67,7 @@ class TrainedModel:
     """
     x = data_lib.scale_pixels(image_HxWx1[None])
     _, state = self.model.apply(
-        {"params": self.params}, x, train=False,
+        self.variables, x, train=False,
         capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
     acts = self.config.model.activations
     return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
@@ -66,15 +75,18 @@ class TrainedModel:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _softmax(model: nn.Module, params: Dict, images_uint8):
-  logits_BxC = model.apply({"params": params}, data_lib.scale_pixels(images_uint8),
+def _softmax(model: nn.Module, variables: Dict, images_uint8):
+  logits_BxC = model.apply(variables, data_lib.scale_pixels(images_uint8),
                            train=False)
   return jax.nn.softmax(logits_BxC)
 
 
 def load(workdir: str) -> TrainedModel:
-  """The run's config, model and last checkpoint's parameters."""
+  """The run's config, model and last checkpoint's parameters (and BN statistics)."""
   from mnist_jax.train import restore_state  # heavy: optax, orbax
   config = run_dir.read_config(workdir)
   state = restore_state(workdir, config)
-  return TrainedModel(config, build_model(config.model), jax.device_get(state.params))
+  # A train state without batch norm has no (or an empty) batch_stats field.
+  batch_stats = getattr(state, "batch_stats", None) or {}
+  return TrainedModel(config, build_model(config.model), jax.device_get(state.params),
+                      jax.device_get(batch_stats))

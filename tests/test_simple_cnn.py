@@ -122,3 +122,16 @@ def test_m3_m5_m7_share_one_recipe_and_spell_out_augmentation():
     assert config.optimizer.schedule == "exponential"
   recipes = [{k: v for k, v in c.to_dict().items() if k != "model"} for c in configs]
   assert recipes[0] == recipes[1] == recipes[2]
+
+
+def test_a_restored_batch_norm_model_predicts_with_its_running_stats():
+  from mnist_jax import trained
+  model, variables, _ = tiny_model()
+  images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+  run = trained.TrainedModel(ml_collections.ConfigDict({"eval_batch_size": 4}), model,
+                             variables["params"], variables["batch_stats"])
+  expected = jax.nn.softmax(model.apply(variables, images / 255.0, train=False))
+  np.testing.assert_allclose(run.probabilities(images), expected, rtol=1e-4, atol=1e-6)
+  shifted = jax.tree.map(lambda s: s + 0.5, variables["batch_stats"])
+  other = trained.TrainedModel(run.config, model, run.params, shifted)
+  assert not np.allclose(other.probabilities(images), expected, atol=1e-3)
