@@ -6,6 +6,7 @@
   plot      --workdir runs/cnn [--format png|pdf] [--digit 0]
   predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
             [--figure out.png] [--no-preprocess]
+  ensemble  --workdirs runs/a,runs/b,runs/c [--split test|validation] [--out DIR]
 
 `train` on a workdir that holds the same config resumes it from its newest
 checkpoint.
@@ -59,6 +60,11 @@ flags.DEFINE_string("figure", None, "predict: save the images as the network saw
                     "them, with their predictions, to this file.")
 flags.DEFINE_boolean("no-preprocess", False, "predict: the images are already "
                      "28x28 MNIST-style (light digit on black): use them as they are.")
+flags.DEFINE_list("workdirs", None, "ensemble: the runs to combine, comma-separated.")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "ensemble: score the "
+                  "members on the test set or on their validation split.")
+flags.DEFINE_string("out", None, "ensemble: also write the result to "
+                    "OUT/ensemble.json.")
 
 
 def _require(*names: str) -> None:
@@ -126,11 +132,24 @@ def cmd_predict(args: List[str]) -> int:
                             preprocess=not FLAGS["no-preprocess"].value)
 
 
+def cmd_ensemble(args: List[str]) -> int:
+  _require("workdirs")
+  if args:
+    raise UserError(f"ensemble takes no file arguments (got {' '.join(args)}): "
+                    "list the runs in --workdirs.")
+  _start_jax()
+  from mnist_jax.ensemble import report
+  report(FLAGS.workdirs, FLAGS.split, FLAGS.out, mnist_dir=FLAGS.data_dir)
+  return 0
+
+
 COMMANDS: Dict[str, Tuple[Callable[[List[str]], int], str]] = {
     "train": (cmd_train, "train a config and evaluate it on the test set"),
     "evaluate": (cmd_evaluate, "restore a trained run and evaluate it"),
     "plot": (cmd_plot, "draw a trained run's figures into WORKDIR/figures/"),
     "predict": (cmd_predict, "recognise the digit in your own image files"),
+    "ensemble": (cmd_ensemble, "combine trained runs by averaged probabilities "
+                 "and by majority vote"),
 }
 
 

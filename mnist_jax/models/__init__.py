@@ -44,3 +44,4 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
 from mnist_jax.models import cnn as _cnn  # noqa: E402,F401
 from mnist_jax.models import lenet5 as _lenet5  # noqa: E402,F401
 from mnist_jax.models import mlp as _mlp  # noqa: E402,F401
+from mnist_jax.models import simple_cnn as _simple_cnn  # noqa: E402,F401
