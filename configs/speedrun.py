@@ -2,10 +2,10 @@ r"""Speedrun: a small CNN trained for 2 epochs, aiming at >= 99.0% mean test acc
 
   python -m mnist_jax train --config configs/speedrun.py --workdir runs/speedrun/0
 
-Five seeds in one program (mnist_jax/multiseed.py):
-
-  python -c "from mnist_jax.multiseed import train_seeds; from configs import speedrun; \
-    train_seeds(speedrun.get_config(), range(5), [f'runs/speedrun/{s}' for s in range(5)])"
+Five seeds: run the command above with --config.seed=0..4 and their own
+workdirs. (mnist_jax/multiseed.py can train them in one vmapped program, but
+on the 2-core CPU that measured far slower than separate runs: see
+docs/performance.md.)
 
 conv16(3x3)-maxpool-conv32(3x3)-maxpool-dense128-dense10, ReLU, no dropout,
 Adam with a one-cycle schedule peaking at 3e-3, batch 128, 2 epochs, trained
