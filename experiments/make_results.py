@@ -32,7 +32,27 @@ TITLES = {
 }
 # One sentence per table file (its name without extension): what it shows.
 # Written after reading the numbers; keep them true when the runs change.
-FINDINGS = {}
+FINDINGS = {
+    "robustness": (
+        "After 3 epochs the CNN is ahead of the MLP on the unshifted test set "
+        "too (99.21% vs 95.49%), so the curves below are the fairer comparison."),
+    "robustness_shift": (
+        "Shifting the digits costs the MLP far more than the CNN: at 2 pixels the "
+        "MLP keeps 67.6% against the CNN's 97.4%, at 4 pixels 20.2% against 80.8%; "
+        "the CNN is not position-free either, since only its 2x2 poolings are "
+        "shift-tolerant and its dense head sees positions."),
+    "robustness_rotation": (
+        "Rotations of 15 degrees cost the CNN about 2 points and the MLP about 7; "
+        "at 30 degrees the CNN keeps 81-86%, the MLP 62-64%."),
+    "lecun1998": (
+        "LeNet-5 reaches 99.13% with 61,706 parameters, more accurate than "
+        "fully connected nets with four times as many parameters."),
+    "lecun1998_vs_paper": (
+        "Our rows beat the published ones, most for the linear classifier and the "
+        "MLPs (softmax cross-entropy, ReLU and Adam here, against the paper's "
+        "squared error, sigmoid units and plain gradient descent), least for "
+        "LeNet-5 (0.87% against 0.95%)."),
+}
 
 
 def cpu_name() -> str:
