@@ -33,6 +33,18 @@ TITLES = {
 # One sentence per table file (its name without extension): what it shows.
 # Written after reading the numbers; keep them true when the runs change.
 FINDINGS = {
+    "mlp_vs_cnn": (
+        "With the same short budget (2 epochs on 20,000 images), the CNN is the "
+        "most accurate (97.54%), its locally connected twin, with the same "
+        "receptive fields and multiply-adds but 32 times the parameters, comes "
+        "second (94.57%), and widening the MLP to the CNN's parameter count gains "
+        "it under one point (91.79% to 92.69%): the convolution's advantage comes "
+        "from sharing weights over positions, not from its size."),
+    "mlp_vs_cnn_per_layer": (
+        "Sharing one kernel over all positions divides a layer's parameters by the "
+        "number of output positions (784 for the first layer) against a locally "
+        "connected layer, and by up to 61,544 against a dense layer of the same "
+        "shapes."),
     "robustness": (
         "After 3 epochs the CNN is ahead of the MLP on the unshifted test set "
         "too (99.21% vs 95.49%), so the curves below are the fairer comparison."),
