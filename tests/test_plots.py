@@ -85,3 +85,14 @@ def test_cli_plot_pdf(mlp_run, tfds_dir):
   for name in set(figures.FIGSIZES) - set(CONV_ONLY):
     path = pathlib.Path(mlp_run, "figures", f"{name}.pdf")
     assert path.read_bytes()[:5] == b"%PDF-", name
+
+
+def test_model_without_stage_activations_skips_only_the_feature_maps():
+  import types
+  import ml_collections
+  fake = types.SimpleNamespace(
+      conv_stages=["conv0", "conv1"],
+      config=ml_collections.ConfigDict({"model": {"name": "simple_cnn"}}))
+  reasons = plots.skipped_reasons(fake, metrics_lines=3)
+  assert set(reasons) == {"feature_maps"}
+  assert "simple_cnn" in reasons["feature_maps"]
