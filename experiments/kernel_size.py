@@ -9,13 +9,14 @@ size of all three conv stages changes. A 1x1 kernel sees one pixel, so the
 network can only combine pixels in its dense head.
 
 Presets. full: 5 seeds x 15 epochs, all 60,000 training images. cpu: 3 seeds
-x 2 epochs on train[:20000].
+x 2 epochs, all 60,000 training images.
+Measured for cpu: 34 min 12 s wall for the whole study on the project's 2-core CPU
+(2026-11-29, partly shared with other jobs).
 Estimate for cpu from train steps timed on the project's 2-core CPU while
 other jobs ran (load average ~8; idle is about twice as fast, e.g. the
 default CNN 40-55 s/epoch idle against 106 s here), batch 128:
 1x1 218 ms/step, 3x3 226 ms, 5x5 990 ms, 7x7 2,250 ms; a test-set evaluation
-7, 11, 27, 39 s. cpu = 3 x 2 x 156 steps: training ~58 min, evaluation ~8 min:
-~65 min loaded, ~33 min idle.
+7, 11, 27, 39 s (these loaded step times overstate the measured total above).
 """
 
 import os

@@ -15,6 +15,8 @@ mnist_jax/models/lenet5.py. The paper's LeNet-5 has about 60,000 parameters
 
 Presets. full: 5 seeds x 20 epochs (the paper trained LeNet-5 for 20).
 cpu: 3 seeds x 10 epochs, all 60,000 training images.
+Measured for cpu: 8 min 44 s wall for the whole study on the project's 2-core CPU
+(2026-11-29, partly shared with other jobs).
 Estimate for cpu from train steps timed on the project's 2-core CPU while
 other jobs ran (load average ~8; idle is about twice as fast, e.g. the
 default CNN 40-55 s/epoch idle against 106 s here), batch 128:

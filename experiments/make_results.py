@@ -33,6 +33,11 @@ TITLES = {
 # One sentence per table file (its name without extension): what it shows.
 # Written after reading the numbers; keep them true when the runs change.
 FINDINGS = {
+    "kernel_size": (
+        "A 1x1 kernel sees one pixel, so the convolutions cannot find strokes and "
+        "the network stays at 70.91%; 3x3 reaches 98.95%, and 5x5 and 7x7 add "
+        "about 0.3 points (99.22%, 99.23%, within a standard deviation of each "
+        "other) for 2.7 and 5.4 times the multiply-adds of 3x3."),
     "stride": (
         "In this one-epoch budget, keeping full resolution (stride 1, no pooling) "
         "is the most accurate (98.24%) but costs 11 times the multiply-adds and 54 "

@@ -16,6 +16,8 @@ Presets. full: 5 seeds x 15 epochs, all 60,000 training images. cpu: 3 seeds
 x 2 epochs on train[:20000] (every point), because the locally connected CNN
 is slow on CPU: nn.ConvLocal extracts patches (conv_general_dilated_patches)
 and measured ~10x the time of the shared-weight CNN per step.
+Measured for cpu: 18 min 15 s wall for the whole study on the project's 2-core CPU
+(2026-11-29, partly shared with other jobs).
 Estimate for cpu from train steps timed on the project's 2-core CPU while
 other jobs ran (load average ~8; idle is about twice as fast, e.g. the
 default CNN 40-55 s/epoch idle against 106 s here), batch 128:

@@ -14,6 +14,8 @@ shift-equivariant, max pooling and the dense head are not.
 
 Presets. full: 5 seeds x 15 epochs, shifts 0..8 px, angles -45..45 by 15.
 cpu: 3 seeds x 3 epochs, shifts 0..6 px, angles -30..30 by 15.
+Measured for cpu: 16 min 2 s wall for the whole study on the project's 2-core CPU
+(2026-11-29, partly shared with other jobs).
 Estimate for cpu from train steps timed on the project's 2-core CPU while
 other jobs ran (load average ~8; idle is about twice as fast, e.g. the
 default CNN 40-55 s/epoch idle against 106 s here), batch 128:

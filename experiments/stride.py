@@ -14,6 +14,8 @@ pool; stride 3 with pooling likewise); they appear in the table as
 Presets. full: 5 seeds x 15 epochs, all 60,000 training images. cpu: 3 seeds
 x 1 epoch on train[:20000] (stride 1 without pooling keeps 28x28 maps in
 every stage, ~11x the default CNN's multiply-adds, and dominates the time).
+Measured for cpu: 15 min 58 s wall for the whole study on the project's 2-core CPU
+(2026-11-29, partly shared with other jobs).
 Estimate for cpu from train steps timed on the project's 2-core CPU while
 other jobs ran (load average ~8; idle is about twice as fast, e.g. the
 default CNN 40-55 s/epoch idle against 106 s here), batch 128:
