@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -38,21 +37,12 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib, run_dir, train
+from mnist_jax.config import load_config_file
 from mnist_jax.errors import UserError
 from mnist_jax.models import build_model
 from mnist_jax.models.layers import Conv
 
 DEFAULT_CONFIGS = "configs/mlp.py,configs/cnn.py,configs/speedrun.py"
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, as `--config` would load it."""
-  if not os.path.isfile(path):
-    raise UserError(f"config file {path!r} not found: pass paths like configs/cnn.py.")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def forward_flops_per_image(model_config: ml_collections.ConfigDict) -> int:
@@ -179,7 +169,7 @@ def build_cases(config_paths: Sequence[str], variants: str, mesh) -> List[Case]:
   """One Case per config and variant; a config without the varied field gets one."""
   cases = []
   for path in config_paths:
-    base = load_config(path)
+    base = load_config_file(path)
     name = os.path.splitext(os.path.basename(path))[0]
     chosen = parse_variants(variants)
     if chosen[0][0] and not _has_field(base, chosen[0][0]):

@@ -5,9 +5,14 @@ Config files in configs/ start from `base_config()` and set `config.model`.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from mnist_jax.errors import UserError
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -117,3 +122,14 @@ def validate_augment(aug: ml_collections.ConfigDict) -> None:
   if aug.elastic_sigma <= 0:
     raise UserError(f"config.augment.elastic_sigma = {aug.elastic_sigma}: it "
                     "must be positive.")
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file; a relative path is taken from the repo root."""
+  full = path if os.path.isabs(path) else os.path.join(_REPO_ROOT, path)
+  if not os.path.isfile(full):
+    raise UserError(f"config file {full} not found: give a path under configs/.")
+  spec = importlib.util.spec_from_file_location("config_file", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

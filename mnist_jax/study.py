@@ -12,7 +12,6 @@ not trained. MNIST is loaded once per study and shared by all its runs.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -20,11 +19,11 @@ import jax
 import ml_collections
 
 from mnist_jax import data as data_lib, run_dir
+from mnist_jax.config import load_config_file  # noqa: F401  (used by callers too)
 from mnist_jax.errors import UserError
 from mnist_jax.models import build_model
 from mnist_jax.models.cost import model_cost
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +77,6 @@ class Run:
   seed: int
   workdir: str
   config: ml_collections.ConfigDict
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file; a relative path is taken from the repo root."""
-  full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
-  if not os.path.isfile(full):
-    raise UserError(f"config file {full} not found: give a path under configs/.")
-  spec = importlib.util.spec_from_file_location("study_config", full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
