@@ -41,12 +41,7 @@ def accuracy_vs_params(points: Sequence[PointResult], stem: str,
     ax.errorbar(p.extra("num_params").mean, 100 * acc.mean,
                 yerr=100 * _std([acc]), fmt="o", capsize=3, label=p.point.title)
   ax.set_xscale("log")
-  ax.set_xlabel("parameters")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return save(fig, stem)
+  return _finish(fig, ax, "parameters", title, stem)
 
 
 def learning_curves(points: Sequence[PointResult], stem: str,
@@ -57,7 +52,12 @@ def learning_curves(points: Sequence[PointResult], stem: str,
     if p.runs:
       stats = p.curve("test_accuracy")
       _band(ax, range(1, len(stats) + 1), stats, p.point.title)
-  ax.set_xlabel("epoch")
+  return _finish(fig, ax, "epoch", title, stem)
+
+
+def _finish(fig, ax, xlabel: str, title: str, stem: str) -> List[str]:
+  """Labels, grid and legend every accuracy plot shares; saves PNG and PDF."""
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(title)
   ax.grid(alpha=0.3)

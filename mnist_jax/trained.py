@@ -20,11 +20,7 @@ import numpy as np
 
 from mnist_jax import data as data_lib, run_dir
 from mnist_jax.models import build_model
-from mnist_jax.models import layers
-from mnist_jax.models.layers import activation
-
-# The modules a CNN stage's convolution can be (see models/cnn.py).
-CONV_MODULES = (nn.Conv, nn.ConvLocal, layers.Conv)
+from mnist_jax.models.layers import CONV_MODULES, activation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,6 @@ from mnist_jax.models import build_model, layers
 from mnist_jax.models.cnn import feature_map_sizes, INPUT_SIZE
 
 
-# Weight-sharing convolutions: flax's own and the CNN's choice of implementation.
-SHARED_CONVS = (nn.Conv, layers.Conv)
-
-
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
   name: str
@@ -43,7 +39,7 @@ def _layer_cost(module: nn.Module, out) -> LayerCost:
   bias_size = 0 if bias is None else math.prod(bias.shape)
   kernel_size = math.prod(kernel.shape)
   out_shape = tuple(out.shape[1:])
-  reuse = math.prod(out_shape[:-1]) if type(module) in SHARED_CONVS else 1
+  reuse = math.prod(out_shape[:-1]) if type(module) in layers.SHARED_CONVS else 1
   return LayerCost(module.name, type(module).__name__, out_shape,
                    kernel_size + bias_size, reuse * kernel_size)
 
@@ -56,7 +52,7 @@ def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if (context.method_name == "__call__"
-        and type(context.module) in (nn.Dense, nn.ConvLocal) + SHARED_CONVS):
+        and type(context.module) in (nn.Dense,) + layers.CONV_MODULES):
       costs.append(_layer_cost(context.module, out))
     return out
 

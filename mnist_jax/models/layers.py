@@ -114,3 +114,9 @@ class Conv(nn.Module):
       raise UserError(f"unknown conv_impl {self.impl!r}: use one of "
                       f"{', '.join(CONV_IMPLS)}.")
     return y + bias
+
+
+# Which modules are convolutions, for code that inspects a model (parameter and
+# multiply-add counts, feature-map capture): weight-sharing ones, then all.
+SHARED_CONVS = (nn.Conv, Conv)
+CONV_MODULES = SHARED_CONVS + (nn.ConvLocal,)
