@@ -30,7 +30,7 @@ def get_config():
       dense_features=(128,),
       dropout_rate=0.0,
       num_classes=10,
-      conv_impl="xla",
+      conv_impl="auto",
   )
   config.optimizer.schedule = "onecycle"
   config.optimizer.learning_rate = 3e-3

@@ -8,7 +8,7 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.models import build_model
-from mnist_jax.models.layers import CONV_IMPLS, Conv
+from mnist_jax.models.layers import CONV_IMPLS, Conv, xla_chunked_conv, xla_conv
 
 from configs import cnn as cnn_config
 
@@ -43,6 +43,20 @@ def test_conv_matches_nn_conv_outputs_and_gradients(impl, size, channels, kernel
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   _assert_trees_close(grads(ours), grads(theirs), 1e-5)
+
+
+def test_chunked_kernel_gradient_sums_every_image_of_a_ragged_batch():
+  # 20 images = two full chunks of KERNEL_GRAD_CHUNK (8) and a ragged one of 4.
+  x = jax.random.normal(jax.random.key(0), (20, 14, 14, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  weights = jax.random.normal(jax.random.key(2), (20, 14, 14, 5))
+  loss = lambda conv: lambda x, k: jnp.sum(conv(x, k, 1) * weights)
+  ours = jax.grad(loss(xla_chunked_conv), argnums=(0, 1))(x, kernel)
+  theirs = jax.grad(loss(xla_conv), argnums=(0, 1))(x, kernel)
+  _assert_trees_close(ours, theirs, 1e-5)
+  # Dropping the last chunk would change the kernel gradient by this much:
+  partial = jax.grad(loss(xla_conv), argnums=1)(x.at[16:].set(0.0), kernel)
+  assert float(jnp.max(jnp.abs(partial - theirs[1]))) > 1e-2
 
 
 def test_default_cnn_gives_the_same_logits_and_gradients_with_every_impl():

@@ -75,18 +75,19 @@ def test_mismatched_stage_lists_and_unknown_names_are_rejected():
     build_model(ml_collections.ConfigDict({"name": "resnet"}))
 
 
+@pytest.mark.parametrize("window", [2, 3])
 @pytest.mark.parametrize("size", [28, 14, 7])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_reshape_pooling_matches_flax_pooling_and_its_gradient(kind, size):
+def test_fast_pooling_matches_flax_pooling_and_its_gradient(kind, size, window):
   """The fast pooling must be the same function as nn.max_pool / nn.avg_pool."""
   x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
   reference = {"max": nn.max_pool, "avg": nn.avg_pool}[kind]
 
   def ours(x):
-    return pool(x, kind, 2)
+    return pool(x, kind, window)
 
   def theirs(x):
-    return reference(x, (2, 2), strides=(2, 2), padding="VALID")
+    return reference(x, (window, window), strides=(window, window), padding="VALID")
 
   np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6)
   weights = jax.random.normal(jax.random.key(2), theirs(x).shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import flax.linen as nn
@@ -32,21 +33,25 @@ def activation(name: str):
 def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
   """Non-overlapping `window`x`window` pooling with VALID padding.
 
-  Written as reshape + reduce rather than nn.max_pool: the gradient of
-  nn.max_pool (select_and_scatter) costs 67 ms per 128x28x28x32 batch on the
-  project's CPUs, this form 5 ms (FIELD_NOTES), and the result is identical to
-  nn.max_pool / nn.avg_pool with window=strides=(window, window), 'VALID'.
+  Max pooling is the elementwise maximum of the window*window strided views,
+  not nn.max_pool or a reshape + max: on the project's CPU the gradient of
+  nn.max_pool (select_and_scatter) took 42 ms per 128x28x28x32 batch, a
+  reshape + max 17 ms, and the strided views 2 ms (docs/performance.md). The
+  outputs are identical; gradients too, except that a tie inside a window
+  splits its gradient unevenly (ties happen between ReLU zeros, whose gradient
+  is zero anyway).
   """
   if kind == "none" or window == 1:
     return x_BxHxWxC
   b, h, w, c = x_BxHxWxC.shape
   ho, wo = h // window, w // window
   x = x_BxHxWxC[:, :ho * window, :wo * window, :]  # VALID: drop the ragged edge
-  x = x.reshape(b, ho, window, wo, window, c)
   if kind == "max":
-    return x.max(axis=(2, 4))
+    views = [x[:, i::window, j::window, :] for i in range(window)
+             for j in range(window)]
+    return functools.reduce(jnp.maximum, views)
   if kind == "avg":
-    return x.mean(axis=(2, 4))
+    return x.reshape(b, ho, window, wo, window, c).mean(axis=(2, 4))
   raise UserError(f"unknown pooling {kind!r}: use one of {', '.join(POOLINGS)}.")
 
 
@@ -55,7 +60,11 @@ def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
-CONV_IMPLS = ("xla", "im2col")
+# xla: lax.conv_general_dilated and its XLA gradients. im2col: patches + one
+# matmul. xla_chunked: XLA's convolution and input gradient, with the kernel
+# gradient summed over chunks of the batch (fast on XLA:CPU). auto: xla_chunked
+# on the CPU backend, xla elsewhere. All the same function, same parameters.
+CONV_IMPLS = ("auto", "xla", "im2col", "xla_chunked")
 
 
 def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
@@ -85,6 +94,59 @@ def im2col_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
   return out_NxF.reshape(b, oh, ow, f)
 
 
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+# Images per chunk of the kernel gradient in `xla_chunked_conv`. XLA:CPU's
+# kernel gradient of a 3x3 'SAME' conv over 128 images of 14x14x32 -> 64 took
+# 29 ms; as 16 sums over 8 images, 9 ms (docs/performance.md has the sweep).
+KERNEL_GRAD_CHUNK = 8
+
+
+def xla_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
+             stride: int) -> jax.Array:
+  """'SAME' convolution (NHWC, HWIO) as XLA's convolution op."""
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxF, (stride, stride),
+                                      "SAME", dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
+                     stride: int) -> jax.Array:
+  """`xla_conv` whose kernel gradient is summed over chunks of the batch.
+
+  Forward and input gradient are XLA's; the kernel gradient is XLA's too, but
+  computed per chunk of KERNEL_GRAD_CHUNK images and summed, which XLA:CPU
+  runs several times faster than one kernel gradient over the whole batch.
+  """
+  return xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride)
+
+
+def _chunked_conv_fwd(x, kernel, stride):
+  return xla_conv(x, kernel, stride), (x, kernel)
+
+
+def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride), x)
+  (dx,) = input_vjp(g_BxOHxOWxF)
+  dkernel = jnp.zeros_like(kernel)
+  for start in range(0, x.shape[0], KERNEL_GRAD_CHUNK):  # unrolled at trace time
+    end = start + KERNEL_GRAD_CHUNK
+    _, kernel_vjp = jax.vjp(lambda k: xla_conv(x[start:end], k, stride), kernel)
+    dkernel = dkernel + kernel_vjp(g_BxOHxOWxF[start:end])[0]
+  return dx, dkernel
+
+
+xla_chunked_conv.defvjp(_chunked_conv_fwd, _chunked_conv_bwd)
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> the fastest measured implementation for the current backend."""
+  if impl == "auto":
+    return "xla_chunked" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
 class Conv(nn.Module):
   """A square 'SAME' nn.Conv with a choice of implementation; same params, same function.
 
@@ -104,12 +166,13 @@ class Conv(nn.Module):
                         (k, k, c, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                       jnp.float32)
-    if self.impl == "xla":
-      y = jax.lax.conv_general_dilated(
-          x_BxHxWxC, kernel, (self.stride, self.stride), "SAME",
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    elif self.impl == "im2col":
+    impl = resolve_conv_impl(self.impl)
+    if impl == "xla":
+      y = xla_conv(x_BxHxWxC, kernel, self.stride)
+    elif impl == "im2col":
       y = im2col_conv(x_BxHxWxC, kernel, self.stride)
+    elif impl == "xla_chunked":
+      y = xla_chunked_conv(x_BxHxWxC, kernel, self.stride)
     else:
       raise UserError(f"unknown conv_impl {self.impl!r}: use one of "
                       f"{', '.join(CONV_IMPLS)}.")
