@@ -1,6 +1,7 @@
 """A convolutional network in stages: low-, mid- and high-level patterns.
 
-Each stage is Conv(features, kernel, stride, 'SAME') -> activation -> pooling.
+Each stage is Conv(features, kernel, stride, 'SAME') -> activation -> pooling,
+with `batch_norm` a BatchNorm after every Conv and hidden Dense layer.
 With `conv_type='local'` each Conv becomes a locally connected layer
 (nn.ConvLocal): the same receptive fields and output shapes, but a separate
 kernel at every output position, i.e. the CNN without weight sharing.
@@ -21,7 +22,8 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.models import register
-from mnist_jax.models.layers import CONV_IMPLS, POOLINGS, Conv, activation, pool
+from mnist_jax.models.layers import (CONV_IMPLS, POOLINGS, Conv, activation,
+                                    batch_norm, pool)
 
 INPUT_SIZE = 28  # MNIST images are 28x28
 
@@ -40,6 +42,7 @@ class CNN(nn.Module):
   num_classes: int = 10
   conv_type: str = "conv"  # conv (shared weights) | local (nn.ConvLocal)
   conv_impl: str = "xla"
+  batch_norm: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
@@ -52,15 +55,20 @@ class CNN(nn.Module):
                          name=f"conv{i}")(x)
       else:
         x = Conv(feat, k, s, impl=self.conv_impl, name=f"conv{i}")(x)
+      x = self._normalise(x, train, f"bn{i}")
       x = pool(activation(act)(x), kind, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # flatten size follows from the config
     for j, width in enumerate(self.dense_features):
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(width, name=f"dense{j}")(x))
+      x = nn.Dense(width, name=f"dense{j}")(x)
+      x = nn.relu(self._normalise(x, train, f"dense_bn{j}"))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="logits")(x)
+
+  def _normalise(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+    return batch_norm(train, name)(x) if self.batch_norm else x
 
 
 def feature_map_sizes(cfg: ml_collections.ConfigDict,
@@ -129,4 +137,5 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes,
              conv_type=cfg.get("conv_type", "conv"),
              # Runs saved before conv_impl existed have no such key.
-             conv_impl=cfg.get("conv_impl", "xla"))
+             conv_impl=cfg.get("conv_impl", "xla"),
+             batch_norm=cfg.get("batch_norm", False))

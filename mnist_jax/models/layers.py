@@ -55,6 +55,12 @@ def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
   raise UserError(f"unknown pooling {kind!r}: use one of {', '.join(POOLINGS)}.")
 
 
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """The project's batch norm: running statistics in eval mode."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+                      name=name)
+
+
 def count_params(params) -> int:
   """Total number of scalars in a parameter tree."""
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

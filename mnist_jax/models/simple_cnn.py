@@ -34,14 +34,9 @@ import ml_collections
 
 from mnist_jax.errors import UserError
 from mnist_jax.models import register
+from mnist_jax.models.layers import batch_norm
 
 INPUT_SIZE = 28  # MNIST images are 28x28
-
-
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  """The project's batch norm: running statistics in eval mode."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                      name=name)
 
 
 class SimpleCNN(nn.Module):

@@ -1,0 +1,35 @@
+r"""The `cpu` accuracy recipe: the default CNN with batch norm, augmentation and EMA.
+
+  python -m mnist_jax train --config configs/frontier_cpu.py --workdir runs/frontier_cpu/0
+
+Three seeds (--config.seed=0,1,2, each its own workdir), then their ensemble:
+
+  python -m mnist_jax ensemble --workdirs runs/frontier_cpu/0,runs/frontier_cpu/1,runs/frontier_cpu/2
+
+conv32-conv64-conv128 (3x3, each with batch norm, ReLU and 2x2 max pooling),
+dense128 with batch norm, dropout 0.25, 10 logits. Every training image is
+randomly rotated (up to 10 degrees), shifted (up to 10% of its size) and
+zoomed (0.9-1.1) on the device, inside the jitted step. Adam with a cosine
+schedule (peak 2e-3, one warm-up epoch), label smoothing 0.1, and an EMA of
+the weights (decay 0.999) for evaluation. The last 5,000 training images are
+held out for validation and the epoch with the best validation accuracy is
+kept (config.select = 'best_val'); the test set is only reported.
+Measured accuracy and time: RESULTS.md (accuracy frontier).
+"""
+
+from mnist_jax.config import load_config_file
+
+
+def get_config():
+  config = load_config_file("configs/cnn.py")
+  config.model.batch_norm = True
+  config.num_epochs = 30
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_epochs = 1.0
+  config.label_smoothing = 0.1
+  config.ema_decay = 0.999
+  config.data.validation_size = 5000
+  config.select = "best_val"
+  config.augment.update(dict(enabled=True, rotation_deg=10.0, translate_frac=0.1,
+                             scale_min=0.9, scale_max=1.1))
+  return config
