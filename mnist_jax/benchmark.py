@@ -10,7 +10,8 @@ same process on the same backend. All cases are compiled first, then timed in
 interleaved rounds (A, B, A, B, ...) and the median round is reported, so a
 noisy shared machine slows every variant alike. Warm-up calls are excluded and
 every timing ends in `block_until_ready`, so it measures the device, on CPU,
-GPU or TPU alike. `--e2e_split` also runs `train_and_evaluate` for one epoch on
+GPU or TPU alike. `--seeds N` also times one vmapped step over N seeds
+(mnist_jax/multiseed.py) against N separate steps. `--e2e_split` also runs `train_and_evaluate` for one epoch on
 that slice of MNIST, to compare the loop's images/s with the pure step's.
 
 FLOPs are counted analytically, per layer, from the shapes the model sees:
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import data as data_lib, run_dir, train
+from mnist_jax import data as data_lib, multiseed, run_dir, train
 from mnist_jax.config import load_config_file
 from mnist_jax.errors import UserError
 from mnist_jax.models import build_model
@@ -112,6 +113,7 @@ class Case:
                                      self.state.batch_stats).compile()
     self.train_s: List[float] = []
     self.eval_s: List[float] = []
+    self.seeds = None  # a SeedsCase when --seeds is given
 
   def _train_call(self):
     self.state, metrics = self.train_step(self.state, self.batch, self.key)
@@ -125,6 +127,31 @@ class Case:
                                       self.state.batch_stats)
     jax.block_until_ready(evaluate())
     self.eval_s.append(time_calls(evaluate, max(1, steps // 4)))
+
+
+class SeedsCase:
+  """One config's train step vmapped over `num_seeds` stacked train states."""
+
+  def __init__(self, case: Case, num_seeds: int, mesh):
+    self.num_seeds, config = num_seeds, case.config
+    state, _, self.keys = multiseed.stacked_states(config, range(num_seeds), 100)
+    self.state = train.replicate(state, mesh)
+    stack = lambda x: jnp.stack([x] * num_seeds)
+    batch = jax.tree.map(stack, case.batch)
+    self.batch = jax.device_put(batch, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, "data")))
+    self.step, self.compile_s = multiseed.compile_step(config, self.state, self.batch,
+                                                       self.keys)
+    self.train_s: List[float] = []
+
+  def _call(self):
+    self.state, metrics = self.step(self.state, self.batch, self.keys["dropout"],
+                                    self.keys["augment"])
+    return self.state.params, metrics
+
+  def run_round(self, steps: int) -> None:
+    jax.block_until_ready(self._call())
+    self.train_s.append(time_calls(self._call, steps))
 
 
 def parse_variants(spec: str) -> List[Tuple[str, str]]:
@@ -192,16 +219,24 @@ def end_to_end_images_per_s(config: ml_collections.ConfigDict, split: str,
 
 
 def summarise(case: Case, matmul: float) -> Dict:
-  """One row of the results table."""
+  """One row of the results table (with the vmapped seeds' columns, if timed)."""
   b, e = case.config.batch_size, case.config.eval_batch_size
   fwd = forward_flops_per_image(case.config.model)
   train_ips = b / statistics.median(case.train_s)
   gflops = 3 * fwd * train_ips / 1e9
-  return {"case": case.name, "batch": b, "compile_s": round(case.compile_s, 2),
+  row = {"case": case.name, "batch": b, "compile_s": round(case.compile_s, 2),
           "train_img_s": round(train_ips), "eval_img_s": round(
               e / statistics.median(case.eval_s)),
           "fwd_mflop_img": round(fwd / 1e6, 3), "train_gflop_s": round(gflops, 1),
           "matmul_gflop_s": round(matmul, 1), "frac_matmul": round(gflops / matmul, 3)}
+  seeds = case.seeds
+  if seeds is not None:
+    total = seeds.num_seeds * b / statistics.median(seeds.train_s)
+    row.update({"seeds": seeds.num_seeds, "seeds_compile_s": round(seeds.compile_s, 2),
+                "seeds_total_img_s": round(total),
+                # > 1: one vmapped program beats training the seeds one by one.
+                "seeds_vs_separate": round(total / train_ips, 3)})
+  return row
 
 
 def print_table(rows: List[Dict]) -> None:
@@ -228,6 +263,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="FIELD=V1,V2: one case per value (A/B test)")
   parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case")
   parser.add_argument("--steps", type=int, default=20, help="train steps per round")
+  parser.add_argument("--seeds", type=int, default=0,
+                      help="also time one train step vmapped over this many seeds")
   parser.add_argument("--e2e_split", default="",
                       help="also train one epoch on this MNIST slice (e.g. 'train[:20%%]')")
   parser.add_argument("--out", default="runs/benchmark.csv", help="CSV file to write")
@@ -239,11 +276,17 @@ def main(argv=None) -> List[Dict]:
   print(train.describe_devices())
   mesh = train.make_mesh()
   cases = build_cases(args.configs.split(","), args.variants, mesh)
+  if args.seeds < 0 or args.seeds == 1:
+    raise UserError(f"--seeds {args.seeds}: give 2 or more seeds to vmap (0 = off).")
+  for case in cases if args.seeds else []:
+    case.seeds = SeedsCase(case, args.seeds, mesh)
   matmul = []
   for _ in range(args.rounds):  # interleaved: every case sees the same load
     matmul.append(matmul_gflops(repeats=3))
     for case in cases:
       case.run_round(args.steps)
+      if args.seeds:
+        case.seeds.run_round(args.steps)
   rows = [summarise(c, statistics.median(matmul)) for c in cases]
   if args.e2e_split:
     for case, row in zip(cases, rows):

@@ -153,9 +153,9 @@ def epoch_permutation(shuffle_key, epoch: int, num_examples: int) -> np.ndarray:
   return np.asarray(jax.random.permutation(key, num_examples))
 
 
-def train_batches(split: Split, batch_size: int, order: np.ndarray,
-                  first_batch: int = 0):
-  """Yields (images, labels) batches in `order`; the last partial batch is dropped.
+def batch_indices(order: np.ndarray, batch_size: int, first_batch: int = 0):
+  """Yields the training-set indices of each batch in `order`; the last partial
+  batch is dropped.
 
   Dropping it keeps every step the same shape (one compilation) and every
   training image is still seen, in another position, in other epochs.
@@ -163,8 +163,7 @@ def train_batches(split: Split, batch_size: int, order: np.ndarray,
   """
   for start in range(first_batch * batch_size, len(order) - batch_size + 1,
                      batch_size):
-    idx = order[start:start + batch_size]
-    yield split.images[idx], split.labels[idx]
+    yield order[start:start + batch_size]
 
 
 def eval_batches(split: Split, batch_size: int):

@@ -88,7 +88,8 @@ def _step(state, batch, dropout_key, augment_key, **options):
   return train.train_step(state, batch, dropout_key, aug_rng=augment_key, **options)
 
 
-def _compile(config, state, example, keys):
+def compile_step(config, state, example, keys):
+  """The vmapped train step compiled for `example` batches, and its compile time."""
   step = jax.jit(jax.vmap(functools.partial(_step, **train.step_options(config))),
                  donate_argnums=0)
   start = time.perf_counter()
@@ -158,7 +159,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   example = jax.device_put({"image": train_split.images[idx],
                             "label": train_split.labels[idx]},
                            NamedSharding(mesh, P(None, "data")))
-  step, compile_s = _compile(config, state, example, step_keys)
+  step, compile_s = compile_step(config, state, example, step_keys)
   mngrs = [checkpoint.manager(w, config.checkpoint.max_to_keep) for w in workdirs]
   rngs = [jax.random.key_data(jnp.stack([k, d]))
           for k, d in zip(shuffle_keys, step_keys["dropout"])]

@@ -2,7 +2,9 @@
 
 import csv
 
-from mnist_jax import benchmark
+import pytest
+
+from mnist_jax import UserError, benchmark
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
@@ -23,3 +25,17 @@ def test_benchmark_writes_one_row_per_case(tmp_path):
   assert rows[0]["train_img_s"] > 0 and 0 < rows[0]["frac_matmul"]
   written = list(csv.DictReader(open(out)))
   assert written[0]["case"] == "mlp" and float(written[0]["train_gflop_s"]) > 0
+
+
+def test_benchmark_times_seeds_vmapped_against_one_seed(tmp_path):
+  rows = benchmark.main(["--configs", "configs/mlp.py", "--rounds", "1", "--steps", "1",
+                         "--seeds", "2", "--out", str(tmp_path / "bench.csv")])
+  assert rows[0]["seeds"] == 2 and rows[0]["seeds_total_img_s"] > 0
+  assert rows[0]["seeds_vs_separate"] == pytest.approx(
+      rows[0]["seeds_total_img_s"] / rows[0]["train_img_s"], rel=1e-2)
+
+
+def test_benchmark_refuses_a_single_vmapped_seed(tmp_path):
+  with pytest.raises(UserError, match="--seeds 1: give 2 or more"):
+    benchmark.main(["--configs", "configs/mlp.py", "--seeds", "1",
+                    "--out", str(tmp_path / "bench.csv")])

@@ -1,5 +1,7 @@
 """Every conv_impl is the same function as flax's nn.Conv, with the same params."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -57,6 +59,18 @@ def test_chunked_kernel_gradient_sums_every_image_of_a_ragged_batch():
   # Dropping the last chunk would change the kernel gradient by this much:
   partial = jax.grad(loss(xla_conv), argnums=1)(x.at[16:].set(0.0), kernel)
   assert float(jnp.max(jnp.abs(partial - theirs[1]))) > 1e-2
+
+
+def test_vmapped_chunked_conv_runs_one_plain_convolution_per_member():
+  """vmap over kernels must not become a grouped convolution (slow on XLA:CPU)."""
+  x = jnp.ones((3, 8, 6, 6, 2))
+  kernel = jnp.ones((3, 3, 3, 2, 4))
+  group_counts = lambda conv: set(re.findall(
+      r"_group_count = (\d+)", jax.jit(jax.vmap(jax.grad(
+          lambda x, k: jnp.sum(conv(x, k, 1) ** 2), argnums=(0, 1)))).lower(
+              x, kernel).as_text()))
+  assert group_counts(xla_conv) != {"1"}  # what plain vmap does
+  assert group_counts(xla_chunked_conv) == {"1"}
 
 
 def test_default_cnn_gives_the_same_logits_and_gradients_with_every_impl():

@@ -115,6 +115,29 @@ def xla_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
                                       "SAME", dimension_numbers=_DIMENSIONS)
 
 
+def one_call_per_member(fn):
+  """`fn(*arrays)`, whose jax.vmap makes one call per member instead of one batched op.
+
+  vmap of a convolution over its kernel (several seeds' models in one program,
+  mnist_jax/multiseed.py) becomes a grouped convolution, which XLA:CPU runs far
+  slower than the same convolutions one by one (docs/performance.md). The
+  members' calls are unrolled at trace time and are independent, so XLA may
+  run them side by side.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def call(*arrays):
+    return fn(*arrays)
+
+  @call.def_vmap
+  def _per_member(axis_size, in_batched, *arrays):
+    def member(i):
+      return call(*[a[i] if batched else a for a, batched in zip(arrays, in_batched)])
+    return jnp.stack([member(i) for i in range(axis_size)]), True
+
+  return call
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
                      stride: int) -> jax.Array:
@@ -123,24 +146,38 @@ def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
   Forward and input gradient are XLA's; the kernel gradient is XLA's too, but
   computed per chunk of KERNEL_GRAD_CHUNK images and summed, which XLA:CPU
   runs several times faster than one kernel gradient over the whole batch.
+  Under jax.vmap every piece runs once per member (`one_call_per_member`).
   """
-  return xla_conv(x_BxHxWxC, kernel_KxKxCxF, stride)
+  return _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride)
 
 
-def _chunked_conv_fwd(x, kernel, stride):
-  return xla_conv(x, kernel, stride), (x, kernel)
+def _conv_forward(x, kernel, stride):
+  return one_call_per_member(lambda x, k: xla_conv(x, k, stride))(x, kernel)
 
 
-def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
-  x, kernel = residuals
+def _input_grad(x, kernel, g, stride):
   _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride), x)
-  (dx,) = input_vjp(g_BxOHxOWxF)
+  return input_vjp(g)[0]
+
+
+def _chunked_kernel_grad(x, kernel, g, stride):
   dkernel = jnp.zeros_like(kernel)
   for start in range(0, x.shape[0], KERNEL_GRAD_CHUNK):  # unrolled at trace time
     end = start + KERNEL_GRAD_CHUNK
     _, kernel_vjp = jax.vjp(lambda k: xla_conv(x[start:end], k, stride), kernel)
-    dkernel = dkernel + kernel_vjp(g_BxOHxOWxF[start:end])[0]
-  return dx, dkernel
+    dkernel = dkernel + kernel_vjp(g[start:end])[0]
+  return dkernel
+
+
+def _chunked_conv_fwd(x, kernel, stride):
+  return _conv_forward(x, kernel, stride), (x, kernel)
+
+
+def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
+  x, kernel = residuals
+  per_member = lambda grad: one_call_per_member(
+      functools.partial(grad, stride=stride))(x, kernel, g_BxOHxOWxF)
+  return per_member(_input_grad), per_member(_chunked_kernel_grad)
 
 
 xla_chunked_conv.defvjp(_chunked_conv_fwd, _chunked_conv_bwd)
