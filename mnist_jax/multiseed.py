@@ -31,6 +31,12 @@ from mnist_jax.models import build_model
 from mnist_jax.optim import make_schedule
 
 
+def supports(config: ml_collections.ConfigDict) -> bool:
+  """Whether `train_seeds` can train `config` (no validation split or selection)."""
+  return (not config.data.get("validation_size", 0)
+          and config.get("select", "last") == "last")
+
+
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
   copy = ml_collections.ConfigDict(config.to_dict())
   copy.seed = int(seed)
@@ -140,7 +146,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     raise UserError(f"train_seeds got {len(seeds)} seeds and {len(workdirs)} "
                     "workdirs: give one workdir per seed.")
   config_lib.validate(config)
-  if config.data.get("validation_size", 0) or config.get("select", "last") != "last":
+  if not supports(config):
     raise UserError("train_seeds has no validation split: set "
                     "config.data.validation_size = 0 and select = 'last', or train "
                     "each seed with train_and_evaluate.")

@@ -7,6 +7,9 @@ checkpoint (train_and_evaluate does that), so an interrupted study is resumed
 by running the same command. A point whose config
 the model check rejects (an impossible architecture) is recorded as rejected,
 not trained. MNIST is loaded once per study and shared by all its runs.
+With `vmap_seeds`, the seeds of a point that none has started yet train
+together in one vmapped program (mnist_jax/multiseed.py), each seed's result
+equal to its separate run; a run found half-done is resumed on its own.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import jax
 import ml_collections
 
-from mnist_jax import data as data_lib, run_dir
+from mnist_jax import data as data_lib, multiseed, run_dir
 from mnist_jax.config import load_config_file  # noqa: F401  (used by callers too)
 from mnist_jax.errors import UserError
 from mnist_jax.models import build_model
@@ -155,6 +158,29 @@ def record_extras(run: Run, compile_time_s: Optional[float] = None) -> Dict:
   return run_dir.update_extras(run.workdir, **extras)
 
 
+def fresh_seed_groups(runs: Sequence[Run]) -> List[List[Run]]:
+  """Per point, its runs that have not started, when there are two or more and
+  multiseed can train them (it has no validation split)."""
+  groups: Dict[str, List[Run]] = {}
+  for run in runs:
+    if not os.path.exists(run.workdir):
+      groups.setdefault(run.point.name, []).append(run)
+  return [group for group in groups.values() if len(group) > 1
+          and multiseed.supports(group[0].config)]
+
+
+def _train_together(group: Sequence[Run], load_data, log, study_name: str) -> None:
+  seeds = [r.seed for r in group]
+  log(f"[{study_name}] {group[0].point.name} seeds {seeds}: training together (vmap)")
+  finals = multiseed.train_seeds(group[0].config, seeds, [r.workdir for r in group],
+                                 data=load_data(), verbose=False)
+  for run, final in zip(group, finals):
+    record_extras(run, final["compile_time_s"])
+    run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
+  log(f"[{study_name}] {group[0].point.name}: test accuracy per seed "
+      f"{[round(f['test_accuracy'], 4) for f in finals]}")
+
+
 def _splits(runs: Sequence[Run]) -> tuple:
   splits = {(r.config.data.train_split, r.config.data.test_split) for r in runs}
   if len(splits) > 1:
@@ -168,11 +194,13 @@ AfterRun = Callable[[Run, Callable[[], tuple]], None]
 
 def run_study(study: Study, preset: Preset, study_dir: str, *,
               mnist_dir: Optional[str] = None, train_fn: Optional[Callable] = None,
-              after_run: Optional[AfterRun] = None, log: Callable = print) -> List[Run]:
+              after_run: Optional[AfterRun] = None, log: Callable = print,
+              vmap_seeds: bool = False) -> List[Run]:
   """Trains every unfinished run of the study; returns all runs.
 
   `after_run(run, load_data)` is called for every finished run, old or new
   (e.g. to evaluate it further); `load_data()` gives the shared (train, test).
+  `vmap_seeds` trains each point's not-yet-started seeds in one program.
   """
   if train_fn is None:
     from mnist_jax.train import train_and_evaluate as train_fn
@@ -191,9 +219,15 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
                                           test_split=test_split)
     return cache["data"]
 
+  together = fresh_seed_groups(runs) if vmap_seeds else []
+  for group in together:
+    _train_together(group, load_data, log, study.name)
+  together_dirs = {run.workdir for group in together for run in group}
   for i, run in enumerate(runs, start=1):
     tag = f"[{study.name} {i}/{len(runs)}] {run.point.name} seed {run.seed}"
-    if is_finished(run):
+    if run.workdir in together_dirs:
+      pass  # trained above, with its point's other seeds
+    elif is_finished(run):
       log(f"{tag}: finished before, skipped")
       if not run_dir.read_extras(run.workdir).get("num_params"):
         record_extras(run)

@@ -39,6 +39,9 @@ def parse(argv: Sequence[str], presets: Dict[str, study_lib.Preset],
                       "runs/studies/<study>/<preset>[-quick])")
   parser.add_argument("--data_dir", default=None,
                       help="folder with the MNIST .gz files (default: $MNIST_DIR)")
+  parser.add_argument("--vmap_seeds", action="store_true",
+                      help="train each point's seeds together in one vmapped "
+                      "program (see docs/performance.md for when it is faster)")
   parser.add_argument("--tables_only", action="store_true",
                       help="rebuild tables and figures from the runs, train nothing")
   return parser.parse_args(argv)
@@ -57,7 +60,7 @@ def run(study: study_lib.Study, presets: Dict[str, study_lib.Preset], report: Re
   if not args.tables_only:
     after_run = after_run_for(preset) if after_run_for else None
     study_lib.run_study(study, preset, out, mnist_dir=args.data_dir,
-                        after_run=after_run)
+                        after_run=after_run, vmap_seeds=args.vmap_seeds)
   results = aggregate.collect(study, preset, out)
   paths = report(study, preset, out, results)
   for path in paths:

@@ -154,3 +154,39 @@ def test_overrides_reject_unknown_fields():
   point = study_lib.Point("x", MLP, {"model.hiden_features": (8,)})
   with pytest.raises(study_lib.UserError, match="hiden_features.*no such field"):
     study_lib.point_config(point, PRESET, 0)
+
+
+def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
+    tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  split = lambda n: data_lib.Split(
+      rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+      rng.integers(0, 10, n).astype(np.int32))
+  splits = (split(96), split(40))
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
+  study = study_lib.Study("tiny", [study_lib.Point("mlp8", MLP, {
+      "model.hidden_features": (8,)})])
+  preset = study_lib.Preset(seeds=(0, 1), overrides={
+      "num_epochs": 1, "batch_size": 32, "eval_batch_size": 20})
+  messages = []
+  runs = study_lib.run_study(study, preset, str(tmp_path / "v"), log=messages.append,
+                             vmap_seeds=True)
+  assert any("seeds [0, 1]: training together" in m for m in messages)
+  from mnist_jax import train
+  for run in runs:
+    assert run_dir.read_extras(run.workdir)["trained_with_seeds"] == [0, 1]
+    alone = train.train_and_evaluate(run.config, str(tmp_path / f"alone{run.seed}"),
+                                     data=splits, verbose=False)
+    together = run_dir.read_metrics(run.workdir)[-1]
+    assert together["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-4)
+
+
+def test_a_started_run_is_left_out_of_the_seeds_trained_together(tmp_path):
+  study = study_lib.Study("tiny", [study_lib.Point("mlp8", MLP, {})])
+  preset = study_lib.Preset(seeds=(0, 1, 2), overrides={})
+  runs = study_lib.plan(study, preset, str(tmp_path))
+  assert [[r.seed for r in g] for g in study_lib.fresh_seed_groups(runs)] == [[0, 1, 2]]
+  os.makedirs(runs[1].workdir)  # seed 1 was interrupted: it resumes on its own
+  assert [[r.seed for r in g] for g in study_lib.fresh_seed_groups(runs)] == [[0, 2]]
+  os.makedirs(runs[2].workdir)
+  assert study_lib.fresh_seed_groups(runs) == []  # one fresh seed: nothing to vmap
