@@ -3,8 +3,9 @@
   python -m mnist_jax ensemble --workdirs runs/a,runs/b,runs/c [--split test]
       [--out results/abc]
 
-Each member is a run directory restored from its last checkpoint (no
-checkpoint is picked by its score). Two ways to combine them:
+Each member is a run directory restored from its selected checkpoint: the
+last, or for runs with config.select = 'best_val' the best validation epoch's
+(never one picked by its test score). Two ways to combine them:
 
 - average: the class with the highest mean softmax probability over members;
 - vote: the class most members predict (a plurality: with K = 3 and three

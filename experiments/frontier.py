@@ -1,0 +1,161 @@
+r"""The accuracy frontier: a recipe's members, their ensemble, and the published numbers.
+
+  python experiments/frontier.py --recipe cpu    # 3 seeds of configs/frontier_cpu.py
+  python experiments/frontier.py --recipe full   # M3, M5, M7 (configs/m3.py ...): GPU/TPU
+
+Trains each member in `<out>/<member>` (a restarted script skips finished
+members and resumes an unfinished one from its checkpoint), scores the
+ensemble of the members on the test set (averaged probabilities and majority
+vote, `mnist_jax ensemble`), and writes `<out>/tables/frontier.{md,tex,csv}`:
+our single models (each, and mean ± std) and ensembles beside the published
+numbers, with parameters, training time and how each number was selected.
+Default `--out`: runs/frontier/<recipe>.
+
+Measured: the `cpu` recipe on the project's 2-core CPU, 3 x ~30 min
+(RESULTS.md, section 6). The `full` recipe (150 epochs of M3, M5 and M7) is
+meant for a GPU/TPU and has not been run: no accelerator was lent to us yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, NamedTuple, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mnist_jax import ensemble, run_dir  # noqa: E402
+from mnist_jax.aggregate import mean_std  # noqa: E402
+from mnist_jax.config import load_config_file  # noqa: E402
+from mnist_jax.errors import UserError  # noqa: E402
+from mnist_jax.models.cost import model_cost  # noqa: E402
+from mnist_jax.tables import Column, Table  # noqa: E402
+
+
+class Member(NamedTuple):
+  name: str  # its run directory under --out
+  config_path: str
+  seed: int
+
+
+RECIPES: Dict[str, List[Member]] = {
+    "cpu": [Member(f"seed_{s}", "configs/frontier_cpu.py", s) for s in (0, 1, 2)],
+    "full": [Member(m, f"configs/{m}.py", 0) for m in ("m3", "m5", "m7")],
+}
+
+SELECTION = {
+    "cpu": "epoch with the best accuracy on the last 5,000 training images",
+    "full": "last epoch (150)",
+}
+
+# Published test accuracies (%), as reported by their authors.
+PUBLISHED = [
+    ("An et al. 2020: M3, M5, M7, majority vote", 99.87,
+     "best test epoch per run (selection on the test set)"),
+    ("An et al. 2020: two-level ensemble", 99.91,
+     "best test epoch per run (selection on the test set)"),
+    ("Ciresan et al. 2012: 35-net committee", 99.77, "as published"),
+    ("Wan et al. 2013: DropConnect", 99.79, "as published"),
+    ("Byerly et al.: single model", 99.83, "as published"),
+    ("Byerly et al.: ensemble", 99.87, "as published"),
+]
+
+
+def member_config(member: Member):
+  config = load_config_file(member.config_path)
+  config.seed = member.seed
+  return config
+
+
+def train_members(members: Sequence[Member], out: str, mnist_dir=None) -> List[str]:
+  """Trains (or resumes, or skips) every member; returns their run directories."""
+  from mnist_jax.train import train_and_evaluate
+  workdirs = []
+  for member in members:
+    config, workdir = member_config(member), os.path.join(out, member.name)
+    if run_dir.is_finished(workdir, config.num_epochs):
+      print(f"{member.name}: finished before, skipped")
+    else:
+      final = train_and_evaluate(config, workdir, mnist_dir=mnist_dir)
+      print(f"{member.name}: test accuracy {final['test_accuracy']:.4f}")
+    workdirs.append(workdir)
+  return workdirs
+
+
+def member_row(member: Member, workdir: str) -> Dict:
+  config = run_dir.read_config(workdir)
+  lines = run_dir.read_metrics(workdir)
+  chosen = lines[run_dir.selected_index(lines, config.get("select", "last"))]
+  return {"name": f"{member.config_path} seed {member.seed}",
+          "accuracy": 100 * chosen["test_accuracy"], "epoch": chosen["epoch"],
+          "params": model_cost(config.model)["num_params"],
+          "minutes": sum(m["epoch_time_s"] for m in lines) / 60}
+
+
+def frontier_table(recipe: str, members: Sequence[Member], workdirs: Sequence[str],
+                   result: Dict) -> Table:
+  rows = [member_row(m, w) for m, w in zip(members, workdirs)]
+  params = sum(r["params"] for r in rows)
+  minutes = sum(r["minutes"] for r in rows)
+  ours = f"ours, `{recipe}` recipe"
+  table_rows = [[f"{ours}: {r['name']}", r["params"], r["accuracy"],
+                 f"{r['minutes']:.1f}", f"{SELECTION[recipe]} (epoch {r['epoch']})"]
+                for r in rows]
+  table_rows.append([f"{ours}: single model, mean ± std (n={len(rows)})",
+                     rows[0]["params"] if len({r['params'] for r in rows}) == 1 else None,
+                     mean_std([r["accuracy"] for r in rows]),
+                     f"{minutes / len(rows):.1f} each", SELECTION[recipe]])
+  for how in ("average", "vote"):
+    label = {"average": "averaged probabilities", "vote": "majority vote"}[how]
+    table_rows.append([f"{ours}: ensemble of {len(rows)}, {label}", params,
+                       100 * result[how]["accuracy"], f"{minutes:.1f} total",
+                       "members as above; nothing chosen by test accuracy"])
+  table_rows += [[name, None, acc, None, how] for name, acc, how in PUBLISHED]
+  columns = [Column("model"), Column("parameters", ",d"),
+             Column("test accuracy (%)", ".2f"), Column("training time (min)"),
+             Column("checkpoint selection")]
+  return Table(columns, table_rows, caption=(
+      f"Accuracy frontier, `{recipe}` recipe: our runs (training time = sum of "
+      "the epochs' wall time, evaluation included) beside published numbers."))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
+  parser.add_argument("--out", default=None, help="default: runs/frontier/<recipe>")
+  parser.add_argument("--data_dir", default=None,
+                      help="folder with the MNIST .gz files (default: $MNIST_DIR)")
+  parser.add_argument("--tables_only", action="store_true",
+                      help="rebuild the table from finished members, train nothing")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> List[str]:
+  args = parse_args(argv)
+  members = RECIPES[args.recipe]
+  out = args.out or os.path.join("runs", "frontier", args.recipe)
+  if args.tables_only:
+    workdirs = [os.path.join(out, m.name) for m in members]
+    missing = [w for w, m in zip(workdirs, members)
+               if not run_dir.is_finished(w, member_config(m).num_epochs)]
+    if missing:
+      raise UserError(f"unfinished members {missing}: run without --tables_only first.")
+  else:
+    workdirs = train_members(members, out, args.data_dir)
+  result = ensemble.evaluate_ensemble(workdirs, "test", args.data_dir)
+  print(ensemble.format_table(result))
+  ensemble.write_result(result, out)
+  paths = frontier_table(args.recipe, members, workdirs, result).write(
+      os.path.join(out, "tables"), "frontier")
+  print(open(paths[0]).read())  # the Markdown table
+  print("wrote " + ", ".join(paths))
+  return paths
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)

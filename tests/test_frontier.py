@@ -1,0 +1,49 @@
+"""The frontier table: members' selected epochs, their mean, the ensembles, the papers."""
+
+import os
+
+import pytest
+
+from mnist_jax import run_dir
+from mnist_jax.config import load_config_file
+
+from experiments import frontier
+
+
+def hand_made_member(workdir, val_accuracies, test_accuracies):
+  config = load_config_file("configs/frontier_cpu.py")
+  config.num_epochs = len(val_accuracies)
+  run_dir.write_config(workdir, config)
+  for epoch, (val, test) in enumerate(zip(val_accuracies, test_accuracies), start=1):
+    metrics = {k: 0.0 for k in run_dir.METRIC_KEYS}
+    metrics.update(epoch=epoch, val_accuracy=val, test_accuracy=test,
+                   epoch_time_s=60.0)
+    run_dir.append_metrics(workdir, metrics)
+
+
+def test_table_reports_the_best_validation_epoch_not_the_best_test_epoch(tmp_path):
+  members = frontier.RECIPES["cpu"][:2]
+  workdirs = [str(tmp_path / m.name) for m in members]
+  # Member 0: best validation at epoch 2, whose test accuracy is not its best.
+  hand_made_member(workdirs[0], [0.99, 0.995, 0.993], [0.9960, 0.9950, 0.9970])
+  hand_made_member(workdirs[1], [0.99, 0.991, 0.996], [0.9940, 0.9950, 0.9960])
+  result = {"average": {"accuracy": 0.9968}, "vote": {"accuracy": 0.9966}}
+  table = frontier.frontier_table("cpu", members, workdirs, result)
+  by_name = {row[0]: row for row in table.rows}
+  first = by_name["ours, `cpu` recipe: configs/frontier_cpu.py seed 0"]
+  assert first[2] == pytest.approx(99.50) and "(epoch 2)" in first[4]
+  assert first[3] == "3.0"  # three 60 s epochs
+  mean = by_name["ours, `cpu` recipe: single model, mean ± std (n=2)"][2]
+  assert mean.mean == pytest.approx(99.55) and mean.n == 2
+  vote = by_name["ours, `cpu` recipe: ensemble of 2, majority vote"]
+  assert vote[2] == pytest.approx(99.66) and vote[1] == 2 * first[1]
+  assert by_name["An et al. 2020: M3, M5, M7, majority vote"][2] == 99.87
+  markdown = table.to_markdown()
+  assert "99.55 ± 0.07" in markdown and "selection on the test set" in markdown
+
+
+def test_tables_only_refuses_unfinished_members(tmp_path):
+  hand_made_member(str(tmp_path / "seed_0"), [0.99], [0.99])
+  with pytest.raises(frontier.UserError, match="unfinished members.*--tables_only"):
+    frontier.main(["--recipe", "cpu", "--out", str(tmp_path), "--tables_only"])
+  assert not os.path.exists(tmp_path / "tables")
