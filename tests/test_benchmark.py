@@ -39,3 +39,14 @@ def test_benchmark_refuses_a_single_vmapped_seed(tmp_path):
   with pytest.raises(UserError, match="--seeds 1: give 2 or more"):
     benchmark.main(["--configs", "configs/mlp.py", "--seeds", "1",
                     "--out", str(tmp_path / "bench.csv")])
+
+
+def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
+  from mnist_jax import benchmark_ops
+  rows = benchmark_ops.main(["--batch", "8", "--repeats", "1"])
+  ops = [r["op"] for r in rows]
+  assert sum("kernel_grad xla_chunked" in op for op in ops) == 3  # one per stage
+  assert "conv1 14x14x32->64 forward" in ops
+  # 28x28 and 14x14 maps are pooled 2x2; the 7x7 one is not timed (odd size).
+  assert sum("strided views" in op for op in ops) == 2
+  assert all(r["ms"] > 0 for r in rows)

@@ -155,12 +155,12 @@ def _conv_forward(x, kernel, stride):
   return one_call_per_member(lambda x, k: xla_conv(x, k, stride))(x, kernel)
 
 
-def _input_grad(x, kernel, g, stride):
+def conv_input_grad(x, kernel, g, stride):
   _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride), x)
   return input_vjp(g)[0]
 
 
-def _chunked_kernel_grad(x, kernel, g, stride):
+def chunked_kernel_grad(x, kernel, g, stride):
   dkernel = jnp.zeros_like(kernel)
   for start in range(0, x.shape[0], KERNEL_GRAD_CHUNK):  # unrolled at trace time
     end = start + KERNEL_GRAD_CHUNK
@@ -177,7 +177,7 @@ def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
   x, kernel = residuals
   per_member = lambda grad: one_call_per_member(
       functools.partial(grad, stride=stride))(x, kernel, g_BxOHxOWxF)
-  return per_member(_input_grad), per_member(_chunked_kernel_grad)
+  return per_member(conv_input_grad), per_member(chunked_kernel_grad)
 
 
 xla_chunked_conv.defvjp(_chunked_conv_fwd, _chunked_conv_bwd)
