@@ -7,7 +7,8 @@ For each study it rebuilds the tables and figures from the run directories
 each table as the study wrote it, the command that made it, the hardware, the
 date the runs finished, and the sentence in FINDINGS saying what the table
 shows. PNG figures are copied to docs/figures/. A study that has not been run
-is listed as such, with its command.
+is listed as such, with its command. The accuracy frontier's tables are
+experiments/frontier.py's (runs/frontier/<recipe>/tables/frontier.md).
 """
 
 from __future__ import annotations
@@ -132,10 +133,33 @@ def study_section(study: str, preset: str, study_dir: str, figures_out: str) -> 
   return "\n".join(lines)
 
 
+FRONTIER_TITLE = "6. Accuracy frontier: our recipes beside published results"
+FRONTIER_FINDING = ""  # written after reading the numbers
+
+
+def frontier_section(frontier_dir: str) -> str:
+  """The frontier table of each recipe that has been run (experiments/frontier.py)."""
+  lines = [f"## {FRONTIER_TITLE}", ""]
+  for recipe in ("cpu", "full"):
+    command = f"python experiments/frontier.py --recipe {recipe}"
+    table = os.path.join(frontier_dir, recipe, "tables", "frontier.md")
+    lines += [f"### `{recipe}` recipe", "", f"Command: `{command}`.", ""]
+    if not os.path.exists(table):
+      lines += ["Not run yet" + (": it needs a GPU/TPU, and none was lent to us."
+                                 if recipe == "full" else "."), ""]
+      continue
+    with open(table) as f:
+      lines += [f.read().strip(), ""]
+    if recipe == "cpu" and FRONTIER_FINDING:
+      lines += [FRONTIER_FINDING, ""]
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="cpu", choices=("cpu", "full"))
   parser.add_argument("--studies_dir", default=os.path.join(REPO, "runs", "studies"))
+  parser.add_argument("--frontier_dir", default=os.path.join(REPO, "runs", "frontier"))
   parser.add_argument("--conditions", default="", help="a sentence on the machine's "
                       "state during the runs (e.g. shared with other jobs)")
   args = parser.parse_args()
@@ -147,6 +171,7 @@ def main() -> None:
     if os.path.isdir(study_dir):
       rebuild_tables(study, args.preset, study_dir)
     sections.append(study_section(study, args.preset, study_dir, figures_out))
+  sections.append(frontier_section(args.frontier_dir))
   header = [
       "# Results", "",
       f"Every table below was built by `python experiments/make_results.py "
