@@ -134,7 +134,13 @@ def study_section(study: str, preset: str, study_dir: str, figures_out: str) -> 
 
 
 FRONTIER_TITLE = "6. Accuracy frontier: our recipes beside published results"
-FRONTIER_FINDING = ""  # written after reading the numbers
+FRONTIER_FINDING = (  # written after reading the numbers; keep it true
+    "The `cpu` recipe (the 242,250-parameter CNN with batch norm, 30 epochs of "
+    "augmentation, label smoothing and EMA) reaches 99.58 ± 0.04% over three "
+    "seeds and 99.63% as an ensemble of the three, 0.02 points short of the "
+    "targets we set it (99.60% and 99.65%), and 0.14-0.28 points below the "
+    "published results, which train larger models for longer and, for An et "
+    "al., keep each run's best epoch on the test set.")
 
 
 def frontier_section(frontier_dir: str) -> str:
