@@ -63,10 +63,13 @@ def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
 
 
 def model_cost(model_config: ml_collections.ConfigDict) -> Dict[str, int]:
-  """{'num_params', 'macs_per_image'} summed over the weight layers."""
-  costs = layer_costs(model_config)
-  return {"num_params": sum(c.params for c in costs),
-          "macs_per_image": sum(c.macs for c in costs)}
+  """{'num_params': every trainable parameter (batch norm's scale and bias
+  too), 'macs_per_image': summed over the weight layers}."""
+  model = build_model(model_config)
+  dummy = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
+  return {"num_params": layers.count_params(variables["params"]),
+          "macs_per_image": sum(c.macs for c in layer_costs(model_config))}
 
 
 def sharing_rows(cnn_config: ml_collections.ConfigDict) -> List[Dict]:
