@@ -175,8 +175,9 @@ def gather_step(state: TrainState, sums: Dict, train_data: Batch, idx_B: jax.Arr
   """`accumulate_step` on the batch `train_data[idx_B]`, gathered on the device.
 
   The training set is put on the device once per run, so a step sends only
-  its indices: no host gather and no image transfer per step, which at the
-  MLP's speed cost a third of the epoch (docs/performance.md).
+  its indices: no host gather and no image transfer per step, host work that
+  at the MLP's ~1 ms per step competes with XLA for the same cores
+  (docs/performance.md).
   """
   batch = {"image": train_data["image"][idx_B], "label": train_data["label"][idx_B]}
   return accumulate_step(state, sums, batch, rng, aug_rng, **step_options)
