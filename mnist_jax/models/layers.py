@@ -35,11 +35,11 @@ def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
 
   Max pooling is the elementwise maximum of the window*window strided views,
   not nn.max_pool or a reshape + max: on the project's CPU the gradient of
-  nn.max_pool (select_and_scatter) took 42 ms per 128x28x28x32 batch, a
-  reshape + max 17 ms, and the strided views 2 ms (docs/performance.md). The
-  outputs are identical; gradients too, except that a tie inside a window
-  splits its gradient unevenly (ties happen between ReLU zeros, whose gradient
-  is zero anyway).
+  nn.max_pool (select_and_scatter) took 42-46 ms per 128x28x28x32 batch, a
+  reshape + max 4.5-17 ms (depending on what XLA fuses around it), and the
+  strided views 2-3 ms (docs/performance.md). The outputs are identical;
+  gradients too, except that a tie inside a window splits its gradient
+  unevenly (ties happen between ReLU zeros, whose gradient is zero anyway).
   """
   if kind == "none" or window == 1:
     return x_BxHxWxC
