@@ -178,10 +178,22 @@ def with_override(config: ml_collections.ConfigDict, field: str,
     node = node[p]
   if leaf not in node:
     raise UserError(f"--variants field {field!r} is not in the config.")
-  old = node[leaf]
-  node[leaf] = type(old)(value) if isinstance(old, (int, float)) and not isinstance(
-      old, bool) else value
+  node[leaf] = _typed_like(node[leaf], value, field)
   return config
+
+
+def _typed_like(old, value: str, field: str):
+  """`value` (command-line text) as the type of the config's default `old`."""
+  if isinstance(old, bool):
+    if value.lower() not in ("true", "false"):
+      raise UserError(f"--variants {field}: {value!r} is not true or false.")
+    return value.lower() == "true"
+  if isinstance(old, (int, float)):
+    try:
+      return type(old)(value)
+    except ValueError:
+      raise UserError(f"--variants {field}: {value!r} is not a valid {type(old).__name__}.")
+  return value
 
 
 def _has_field(config: ml_collections.ConfigDict, field: str) -> bool:

@@ -50,3 +50,14 @@ def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
   # 28x28 and 14x14 maps are pooled 2x2; the 7x7 one is not timed (odd size).
   assert sum("strided views" in op for op in ops) == 2
   assert all(r["ms"] > 0 for r in rows)
+
+
+def test_variant_values_take_the_type_of_the_config_default():
+  base = cnn_config.get_config()
+  assert benchmark.with_override(base, "augment.enabled", "True").augment.enabled is True
+  assert benchmark.with_override(base, "batch_size", "64").batch_size == 64
+  assert benchmark.with_override(base, "model.conv_impl", "xla").model.conv_impl == "xla"
+  with pytest.raises(UserError, match="not true or false"):
+    benchmark.with_override(base, "augment.enabled", "yes")
+  with pytest.raises(UserError, match="is not a valid int"):
+    benchmark.with_override(base, "batch_size", "big")
