@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10
   config.batch_size = 128
   config.eval_batch_size = 1000
+  # Train steps per host->device call (K steps run as one lax.scan); > 1 pays
+  # the host's per-call work once per K steps, for models whose step is ~1 ms.
+  config.steps_per_dispatch = 1
   config.label_smoothing = 0.0
   # Evaluate with an exponential moving average of the weights, updated each
   # step as ema = d * ema + (1 - d) * params; 0 = off.
@@ -67,8 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects settings that cannot train, with a sentence saying what to change."""
-  for key in ("num_epochs", "batch_size", "eval_batch_size"):
-    if int(config[key]) < 1:
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
+    if key in config and int(config[key]) < 1:
       raise UserError(f"config.{key} = {config[key]}: it must be at least 1.")
   if config.optimizer.learning_rate <= 0:
     raise UserError(f"config.optimizer.learning_rate = "

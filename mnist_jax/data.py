@@ -153,19 +153,6 @@ def epoch_permutation(shuffle_key, epoch: int, num_examples: int) -> np.ndarray:
   return np.asarray(jax.random.permutation(key, num_examples))
 
 
-def batch_indices(order: np.ndarray, batch_size: int, first_batch: int = 0):
-  """Yields the training-set indices of each batch in `order`; the last partial
-  batch is dropped.
-
-  Dropping it keeps every step the same shape (one compilation) and every
-  training image is still seen, in another position, in other epochs.
-  `first_batch` skips the batches a resumed run has already trained on.
-  """
-  for start in range(first_batch * batch_size, len(order) - batch_size + 1,
-                     batch_size):
-    yield order[start:start + batch_size]
-
-
 def eval_batches(split: Split, batch_size: int):
   """Yields (images, labels, mask) covering every example exactly once.
 

@@ -3,7 +3,10 @@
 The train step is a pure function (state, batch, rng) -> (state, metrics),
 jit-compiled once ahead of the loop with the state donated. Each epoch is a
 Python loop of jitted steps rather than one `lax.scan`: on the project's CPUs
-the scan form measured ten times slower (FIELD_NOTES).
+a whole epoch in one scan measured ten times slower for a CNN (FIELD_NOTES).
+`config.steps_per_dispatch` = K > 1 runs K steps per call, as a scan over K
+batches' indices: for a model whose step is about a millisecond (the MLP) the
+host's per-call work is then paid once per K steps (docs/performance.md).
 
 Batches are sharded over every device (of every process) along a 'data'
 mesh axis and the state is replicated; one device is just a mesh of size one.
@@ -183,6 +186,21 @@ def gather_step(state: TrainState, sums: Dict, train_data: Batch, idx_B: jax.Arr
   return accumulate_step(state, sums, batch, rng, aug_rng, **step_options)
 
 
+def gather_steps(state: TrainState, sums: Dict, train_data: Batch,
+                 idx_KxB: jax.Array, rng: jax.Array, aug_rng: jax.Array,
+                 **step_options) -> Tuple[TrainState, Dict]:
+  """K `gather_step`s in one call, in order, on the batches idx_KxB[0..K-1].
+
+  The same steps as K calls of `gather_step` (each folds its keys with the
+  step number it reaches), as a lax.scan so the host dispatches once.
+  """
+  def one_step(carry, idx_B):
+    return gather_step(*carry, train_data, idx_B, rng, aug_rng, **step_options), None
+
+  (state, sums), _ = jax.lax.scan(one_step, (state, sums), idx_KxB)
+  return state, sums
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -245,6 +263,13 @@ def shard_batch(arrays: Dict[str, np.ndarray], mesh) -> Batch:
   return {k: jax.make_array_from_process_local_data(
               sharding, _process_rows(np.asarray(v), sharding), np.shape(v))
           for k, v in arrays.items()}
+
+
+def shard_steps(idx_KxB: np.ndarray, mesh) -> jax.Array:
+  """K batches' indices, each row split over the devices like `shard_batch`."""
+  idx_KxB = np.asarray(idx_KxB)
+  return jax.make_array_from_callback(idx_KxB.shape, NamedSharding(mesh, P(None, "data")),
+                                      lambda index: idx_KxB[index])
 
 
 def replicate(tree, mesh):
@@ -332,7 +357,7 @@ class _Run:
   test: data_lib.Split
   steps: int  # per epoch
   train_data: Batch  # the training images and labels, on every device
-  step_fn: Any  # compiled gather_step
+  step_fn: Any  # _compile_train_step's: trains K batches per call
   mngr: Any  # orbax CheckpointManager
   best_mngr: Any  # the best epoch's checkpoint (select='best_val'), else None
   keys: Dict[str, jax.Array]  # run_keys(config.seed)
@@ -346,14 +371,49 @@ class _Run:
     return jax.process_index() == 0
 
 
-def _compile_train_step(config, state, sums, train_data, example_idx):
-  """jit + AOT compile, so compile time is measured apart from the epochs."""
-  step = jax.jit(functools.partial(gather_step, **step_options(config)),
-                 donate_argnums=(0, 1))
+def dispatch_spans(first_batch: int, steps: int, k: int):
+  """(start, stop) batch ranges covering first_batch..steps-1, one per call.
+
+  Each ends at the next multiple of k (or the epoch's end), so a resumed run,
+  which may start mid-span, falls back into the same spans as an unbroken one.
+  """
+  start = first_batch
+  while start < steps:
+    stop = min((start // k + 1) * k, steps)
+    yield start, stop
+    start = stop
+
+
+def _compile_train_step(config, state, sums, train_data, mesh):
+  """jit + AOT compile, so compile time is measured apart from the epochs.
+
+  Returns (step_fn, seconds): step_fn(state, sums, train_data, idx_KxB, rng,
+  aug_rng) trains the K batches of idx_KxB (an int array on the host).
+  With steps_per_dispatch K > 1, a call with fewer rows (an epoch's last,
+  ragged span) compiles that shape once, on first use.
+  """
+  k, batch = config.get("steps_per_dispatch", 1), config.batch_size
+  keys = (jax.random.key(0), jax.random.key(0))
   start = time.perf_counter()
-  compiled = step.lower(state, sums, train_data, example_idx, jax.random.key(0),
-                        jax.random.key(0)).compile()
-  return compiled, time.perf_counter() - start
+  if k == 1:
+    step = jax.jit(functools.partial(gather_step, **step_options(config)),
+                   donate_argnums=(0, 1))
+    example = shard_batch({"idx": np.zeros(batch, np.int32)}, mesh)["idx"]
+    compiled = step.lower(state, sums, train_data, example, *keys).compile()
+
+    def step_fn(state, sums, data, idx_KxB, *rngs):
+      return compiled(state, sums, data, shard_batch({"idx": idx_KxB[0]}, mesh)["idx"],
+                      *rngs)
+  else:
+    steps = jax.jit(functools.partial(gather_steps, **step_options(config)),
+                    donate_argnums=(0, 1))
+    example = shard_steps(np.zeros((k, batch), np.int32), mesh)
+    compiled = steps.lower(state, sums, train_data, example, *keys).compile()
+
+    def step_fn(state, sums, data, idx_KxB, *rngs):
+      fn = compiled if len(idx_KxB) == k else steps
+      return fn(state, sums, data, shard_steps(idx_KxB, mesh), *rngs)
+  return step_fn, time.perf_counter() - start
 
 
 def _progress(run: _Run, epoch: int, batch: int, sums: Dict) -> Dict:
@@ -386,19 +446,22 @@ def _save(run: _Run, step: int, state, epoch: int, batch: int, sums: Dict) -> No
 def _train_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
   """Trains batches first_batch.. of `epoch`, saving every `every_steps` steps."""
   config = run.config
-  every = config.checkpoint.every_steps
+  every, batch = config.checkpoint.every_steps, config.batch_size
   order = data_lib.epoch_permutation(run.keys["shuffle"], epoch, len(run.train))
-  batches = data_lib.batch_indices(order.astype(np.int32), config.batch_size,
-                                   first_batch)
-  for b, idx in enumerate(
-      tqdm(batches, total=run.steps - first_batch, desc=f"epoch {epoch}",
-           leave=False, disable=None, file=sys.stderr), start=first_batch):
-    idx = shard_batch({"idx": idx}, run.mesh)["idx"]
-    state, sums = run.step_fn(state, sums, run.train_data, idx, run.keys["dropout"],
-                              run.keys["augment"])
-    step = (epoch - 1) * run.steps + b + 1  # counted here: reading state.step syncs
-    if every and step % every == 0 and b + 1 < run.steps:  # epoch end saves below
-      _save(run, step, state, epoch, b + 1, sums)
+  order = order[:run.steps * batch].astype(np.int32)  # the ragged last batch is dropped
+  spans = dispatch_spans(first_batch, run.steps, config.get("steps_per_dispatch", 1))
+  done = (epoch - 1) * run.steps  # steps before this epoch; reading state.step syncs
+  with tqdm(total=run.steps - first_batch, desc=f"epoch {epoch}", leave=False,
+            disable=None, file=sys.stderr) as bar:
+    for start, stop in spans:
+      idx_KxB = order[start * batch:stop * batch].reshape(stop - start, batch)
+      state, sums = run.step_fn(state, sums, run.train_data, idx_KxB,
+                                run.keys["dropout"], run.keys["augment"])
+      bar.update(stop - start)
+      # Save when the span passed a multiple of every_steps (with one step per
+      # call: every `every` steps); the epoch end saves in _run_epoch.
+      if every and (done + stop) // every > (done + start) // every and stop < run.steps:
+        _save(run, done + stop, state, epoch, stop, sums)
   return state, sums
 
 
@@ -531,10 +594,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       f"{len(val) if val else 0:,} validation / {len(test):,} test images; "
       f"{steps} steps per epoch")
   train_data = replicate({"image": train.images, "label": train.labels}, mesh)
-  example_idx = shard_batch({"idx": np.arange(config.batch_size, dtype=np.int32)},
-                            mesh)["idx"]
   sums = replicate(zero_sums(), mesh)
-  step_fn, compile_s = _compile_train_step(config, state, sums, train_data, example_idx)
+  step_fn, compile_s = _compile_train_step(config, state, sums, train_data, mesh)
   log(f"train step compiled in {compile_s:.1f}s")
   select = config.get("select", "last")
   run = _Run(config, workdir, mesh, train, val, test, steps, train_data, step_fn,

@@ -121,3 +121,28 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_good_checkpoints(
   assert f"checkpoint (step {max(mngr.all_steps())}) is kept" in str(info.value)
   params = final_params(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_several_steps_per_call_train_the_same_run(uninterrupted, small_data, tmp_path):
+  """7 steps per call (100 = 14 x 7 + 2: a ragged last call each epoch) vs 1."""
+  data = load_small(small_data)
+  workdir = tmp_path / "k7"
+  train_and_evaluate(make_config(dict(OVERRIDES, steps_per_dispatch=7)), str(workdir),
+                     data=data, verbose=False)
+  lines, ref = (without_times(run_dir.read_metrics(d)) for d in (workdir, uninterrupted))
+  assert [m["step"] for m in lines] == [100, 200]
+  for got, want in zip(lines, ref, strict=True):
+    assert got == pytest.approx(want, rel=1e-5)
+  for x, y in zip(jax.tree.leaves(final_params(workdir)),
+                  jax.tree.leaves(final_params(uninterrupted)), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  # every_steps=9 with 7-step calls: a save at the first call end past each
+  # multiple of 9 (..., 189 -> 191, 198 -> 198), then the epoch end.
+  assert sorted(train.checkpoint.manager(str(workdir)).all_steps()) == [191, 198, 200]
+
+
+def test_dispatch_spans_cover_the_epoch_and_realign_after_a_resume():
+  assert list(train.dispatch_spans(0, 10, 4)) == [(0, 4), (4, 8), (8, 10)]
+  assert list(train.dispatch_spans(5, 10, 4)) == [(5, 8), (8, 10)]
+  assert list(train.dispatch_spans(3, 5, 1)) == [(3, 4), (4, 5)]
+  assert list(train.dispatch_spans(10, 10, 4)) == []

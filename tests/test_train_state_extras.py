@@ -19,6 +19,8 @@ from mnist_jax.train import train_and_evaluate
 
 from helpers import assert_same_bits, without_times
 
+from configs import mlp as mlp_config
+
 BN_MODEL = "test_tiny_bn"
 
 
@@ -88,7 +90,6 @@ def test_batch_norm_stats_update_in_training_and_are_used_in_evaluation():
 
 
 def test_models_without_batch_norm_have_empty_stats_and_unchanged_checkpoints():
-  from configs import mlp as mlp_config
   state = train.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
   assert state.batch_stats == {} and state.ema_params is None
   assert set(checkpoint.state_item(state)) == {"params", "opt_state", "step"}
@@ -96,7 +97,6 @@ def test_models_without_batch_norm_have_empty_stats_and_unchanged_checkpoints():
 
 def test_ema_follows_the_closed_form_and_evaluation_uses_it():
   d = 0.75
-  from configs import mlp as mlp_config
   config = mlp_config.get_config()
   config.ema_decay = d
   state = train.create_train_state(config, jax.random.key(0), 10)
@@ -126,7 +126,6 @@ def _aug_config(**values):
 
 
 def test_augmentation_off_is_the_plain_step_and_on_is_seeded_per_step():
-  from configs import mlp as mlp_config
   state = train.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
   batch = batch_of(noise_split(20, 2))
 
@@ -186,3 +185,12 @@ def test_bn_ema_augmented_run_restores_and_resumes_bitwise(tmp_path):
   for field in ("params", "batch_stats", "ema_params", "opt_state"):
     assert_same_bits(train.to_host(getattr(again, field)),
                      train.to_host(getattr(restored, field)))
+
+
+@pytest.mark.parametrize("key", ["num_epochs", "batch_size", "eval_batch_size",
+                                 "steps_per_dispatch"])
+def test_counts_below_one_are_rejected_naming_the_key(key):
+  config = mlp_config.get_config()
+  config[key] = 0
+  with pytest.raises(UserError, match=f"config.{key} = 0: it must be at least 1"):
+    config_lib.validate(config)
