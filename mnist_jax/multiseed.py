@@ -1,9 +1,11 @@
 """Several seeds of one config trained in one compiled program (`jax.vmap`).
 
 `train_seeds(config, seeds, workdirs)` stacks one train state per seed along a
-leading axis and vmaps `train.train_step` / `train.eval_step` over it: each
+leading axis and vmaps `train.gather_steps` / `train.eval_step` over it: each
 step is one program over all seeds, so small models keep the cores busy that
-a single seed leaves idle. Each seed keeps its own init, data order and
+a single seed leaves idle. As in `train_and_evaluate`, the training set is
+put on the device once and each call sends only batch indices (K =
+config.steps_per_dispatch steps per call). Each seed keeps its own init, data order and
 dropout (and augmentation) keys, derived from its seed exactly as in
 `train_and_evaluate`, so a
 seed's result equals its separate run up to float rounding, and each seed's
@@ -61,20 +63,24 @@ def unstack(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _epoch(step, state, train_split, config, orders, step_keys, mesh):
-  """One epoch of all seeds: seed s reads the training set in `orders[s]`."""
+def _epoch(step, state, train_data, config, orders_SxN, step_keys, mesh):
+  """One epoch of all seeds: seed s reads the training set in `orders_SxN[s]`.
+
+  As in train.py, the training set is on the device and a call sends only
+  the indices of its K = steps_per_dispatch batches per seed; the metrics
+  are summed on the device and read once, at the end.
+  """
   start = time.perf_counter()
-  sharding = NamedSharding(mesh, P(None, "data"))  # (seed, batch, ...)
-  sums = []
-  for begin in range(0, orders.shape[1] - config.batch_size + 1, config.batch_size):
-    idx_SxB = orders[:, begin:begin + config.batch_size]
-    batch = jax.device_put({"image": train_split.images[idx_SxB],
-                            "label": train_split.labels[idx_SxB]}, sharding)
-    state, metrics = step(state, batch, step_keys["dropout"],
-                          step_keys["augment"])
-    sums.append(metrics)
-  sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
-  return state, sums, time.perf_counter() - start
+  batch = config.batch_size
+  steps = orders_SxN.shape[1] // batch
+  orders = orders_SxN[:, :steps * batch].astype(np.int32)  # ragged last batch dropped
+  sharding = NamedSharding(mesh, P(None, None, "data"))  # (seed, step, batch)
+  sums = jax.vmap(lambda _: train.zero_sums())(np.arange(len(orders)))
+  for begin, end in train.dispatch_spans(0, steps, config.get("steps_per_dispatch", 1)):
+    idx_SxKxB = orders[:, begin * batch:end * batch].reshape(len(orders), end - begin, batch)
+    state, sums = step(state, sums, train_data, jax.device_put(idx_SxKxB, sharding),
+                       step_keys["dropout"], step_keys["augment"])
+  return state, jax.device_get(sums), time.perf_counter() - start
 
 
 def _evaluate(state, test, batch_size: int, mesh) -> Dict[str, np.ndarray]:
@@ -95,12 +101,39 @@ def _step(state, batch, dropout_key, augment_key, **options):
 
 
 def compile_step(config, state, example, keys):
-  """The vmapped train step compiled for `example` batches, and its compile time."""
+  """The vmapped train step compiled for `example` batches, and its compile time.
+
+  (The benchmark's fixed-batch step; training uses `compile_epoch_step`.)
+  """
   step = jax.jit(jax.vmap(functools.partial(_step, **train.step_options(config))),
                  donate_argnums=0)
   start = time.perf_counter()
   compiled = step.lower(state, example, keys["dropout"], keys["augment"]).compile()
   return compiled, time.perf_counter() - start
+
+
+def compile_epoch_step(config, state, train_data, keys, mesh):
+  """train.gather_steps vmapped over seeds (the training set shared), and its
+  compile time: step(state, sums, train_data, idx_SxKxB, dropout, augment).
+
+  Compiled ahead for K = steps_per_dispatch; an epoch's shorter last call
+  compiles its shape on first use.
+  """
+  step = jax.jit(jax.vmap(functools.partial(train.gather_steps, **train.step_options(config)),
+                          in_axes=(0, 0, None, 0, 0, 0)), donate_argnums=(0, 1))
+  seeds, k = len(keys["dropout"]), config.get("steps_per_dispatch", 1)
+  sums = jax.vmap(lambda _: train.zero_sums())(np.arange(seeds))
+  idx = jax.device_put(np.zeros((seeds, k, config.batch_size), np.int32),
+                       NamedSharding(mesh, P(None, None, "data")))
+  start = time.perf_counter()
+  compiled = step.lower(state, sums, train_data, idx, keys["dropout"],
+                        keys["augment"]).compile()
+  compile_s = time.perf_counter() - start
+
+  def step_fn(state, sums, train_data, idx_SxKxB, *rngs):
+    fn = compiled if idx_SxKxB.shape[1] == k else step
+    return fn(state, sums, train_data, idx_SxKxB, *rngs)
+  return step_fn, compile_s
 
 
 def _write_epoch(workdirs, mngrs, rngs, state, sums, test_metrics, epoch, lr, times):
@@ -161,11 +194,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   state = train.replicate(state, mesh)
   for seed, workdir in zip(seeds, workdirs):
     run_dir.write_config(workdir, seed_config(config, seed))
-  idx = np.arange(config.batch_size)[None].repeat(len(seeds), 0)
-  example = jax.device_put({"image": train_split.images[idx],
-                            "label": train_split.labels[idx]},
-                           NamedSharding(mesh, P(None, "data")))
-  step, compile_s = compile_step(config, state, example, step_keys)
+  train_data = train.replicate({"image": train_split.images,
+                                 "label": train_split.labels}, mesh)
+  step, compile_s = compile_epoch_step(config, state, train_data, step_keys, mesh)
   mngrs = [checkpoint.manager(w, config.checkpoint.max_to_keep) for w in workdirs]
   rngs = [jax.random.key_data(jnp.stack([k, d]))
           for k, d in zip(shuffle_keys, step_keys["dropout"])]
@@ -174,7 +205,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     start = time.perf_counter()
     orders = np.stack([data_lib.epoch_permutation(k, epoch, len(train_split))
                        for k in shuffle_keys])
-    state, sums, train_s = _epoch(step, state, train_split, config, orders,
+    state, sums, train_s = _epoch(step, state, train_data, config, orders,
                                   step_keys, mesh)
     test_metrics = _evaluate(state, test, config.eval_batch_size, mesh)
     _write_epoch(workdirs, mngrs, rngs, state, sums, test_metrics, epoch, lr,

@@ -32,8 +32,10 @@ def tiny_data():
   return split(128), split(70)
 
 
-def test_each_seed_matches_its_separate_run(tmp_path):
+@pytest.mark.parametrize("steps_per_dispatch", [1, 3])  # 3: 4 steps = calls of 3 + 1
+def test_each_seed_matches_its_separate_run(tmp_path, steps_per_dispatch):
   config, splits = tiny_config(), tiny_data()
+  config.steps_per_dispatch = steps_per_dispatch
   seeds = [3, 7]
   together = multiseed.train_seeds(
       config, seeds, [str(tmp_path / f"v{s}") for s in seeds], data=splits,
