@@ -8,14 +8,20 @@ Three seeds (--config.seed=0,1,2, each its own workdir), then their ensemble:
 
 conv32-conv64-conv128 (3x3, each with batch norm, ReLU and 2x2 max pooling),
 dense128 with batch norm, dropout 0.25, 10 logits. Every training image is
-randomly rotated (up to 10 degrees), shifted (up to 10% of its size),
-zoomed (0.9-1.1) and elastically distorted (Simard et al. 2003: alpha 34,
-sigma 4 pixels) on the device, inside the jitted step. Adam with a cosine
+randomly rotated (up to 10 degrees), shifted (up to 10% of its size) and
+zoomed (0.9-1.1) on the device, inside the jitted step. Adam with a cosine
 schedule (peak 2e-3, one warm-up epoch), label smoothing 0.1, and an EMA of
-the weights (decay 0.999) for evaluation. The last 5,000 training images are
-held out for validation and the epoch with the best validation accuracy is
-kept (config.select = 'best_val'); the test set is only reported.
-Measured accuracy and time: RESULTS.md (accuracy frontier).
+the weights (decay 0.999) for evaluation, 30 epochs on all 60,000 training
+images; the last epoch is reported (config.select = 'last'): nothing is
+chosen by a score, so nothing needs a held-out split, and the test set is
+only reported.
+
+How the recipe was chosen (RESULTS.md, section 6): its first version held out
+the last 5,000 training images and kept the best validation epoch; over three
+seeds that selection changed the test accuracy by at most 0.01 points against
+the last epoch, so this version trains on those images too. Elastic
+distortions (alpha 34, sigma 4) on top of the affine warps were stopped after
+24 epochs: validation accuracy 99.38% against 99.58% without them at that epoch.
 """
 
 from mnist_jax.config import load_config_file
@@ -29,9 +35,6 @@ def get_config():
   config.optimizer.warmup_epochs = 1.0
   config.label_smoothing = 0.1
   config.ema_decay = 0.999
-  config.data.validation_size = 5000
-  config.select = "best_val"
   config.augment.update(dict(enabled=True, rotation_deg=10.0, translate_frac=0.1,
-                             scale_min=0.9, scale_max=1.1,
-                             elastic_alpha=34.0, elastic_sigma=4.0))
+                             scale_min=0.9, scale_max=1.1))
   return config
