@@ -44,10 +44,12 @@ RECIPES: Dict[str, List[Member]] = {
     "full": [Member(m, f"configs/{m}.py", 0) for m in ("m3", "m5", "m7")],
 }
 
-SELECTION = {
-    "cpu": "last epoch (30), trained on all 60,000 training images",
-    "full": "last epoch (150)",
-}
+def selection(config) -> str:
+  """How a member's reported epoch was chosen, from its config."""
+  if config.get("select", "last") == "best_val":
+    return (f"best accuracy on the last {config.data.validation_size:,} training "
+            "images (held out)")
+  return "last epoch, no selection"
 
 # Published test accuracies (%), as reported by their authors.
 PUBLISHED = [
@@ -90,6 +92,7 @@ def member_row(member: Member, workdir: str) -> Dict:
   return {"name": f"{member.config_path} seed {member.seed}",
           "accuracy": 100 * chosen["test_accuracy"], "epoch": chosen["epoch"],
           "params": model_cost(config.model)["num_params"],
+          "selection": selection(config),
           "minutes": sum(m["epoch_time_s"] for m in lines) / 60}
 
 
@@ -100,12 +103,12 @@ def frontier_table(recipe: str, members: Sequence[Member], workdirs: Sequence[st
   minutes = sum(r["minutes"] for r in rows)
   ours = f"ours, `{recipe}` recipe"
   table_rows = [[f"{ours}: {r['name']}", r["params"], r["accuracy"],
-                 f"{r['minutes']:.1f}", f"{SELECTION[recipe]} (epoch {r['epoch']})"]
+                 f"{r['minutes']:.1f}", f"{r['selection']} (epoch {r['epoch']})"]
                 for r in rows]
   table_rows.append([f"{ours}: single model, mean ± std (n={len(rows)})",
                      rows[0]["params"] if len({r['params'] for r in rows}) == 1 else None,
                      mean_std([r["accuracy"] for r in rows]),
-                     f"{minutes / len(rows):.1f} each", SELECTION[recipe]])
+                     f"{minutes / len(rows):.1f} each", rows[0]["selection"]])
   for how in ("average", "vote"):
     label = {"average": "averaged probabilities", "vote": "majority vote"}[how]
     table_rows.append([f"{ours}: ensemble of {len(rows)}, {label}", params,

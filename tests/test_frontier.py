@@ -10,9 +10,11 @@ from mnist_jax.config import load_config_file
 from experiments import frontier
 
 
-def hand_made_member(workdir, val_accuracies, test_accuracies):
+def hand_made_member(workdir, val_accuracies, test_accuracies, select="best_val"):
   config = load_config_file("configs/frontier_cpu.py")
   config.num_epochs = len(val_accuracies)
+  config.select = select
+  config.data.validation_size = 5000 if select == "best_val" else 0
   run_dir.write_config(workdir, config)
   for epoch, (val, test) in enumerate(zip(val_accuracies, test_accuracies), start=1):
     metrics = {k: 0.0 for k in run_dir.METRIC_KEYS}
@@ -40,6 +42,15 @@ def test_table_reports_the_best_validation_epoch_not_the_best_test_epoch(tmp_pat
   assert by_name["An et al. 2020: M3, M5, M7, majority vote"][2] == 99.87
   markdown = table.to_markdown()
   assert "99.55 ± 0.07" in markdown and "selection on the test set" in markdown
+
+
+def test_a_recipe_without_validation_reports_the_last_epoch(tmp_path):
+  members = frontier.RECIPES["cpu"][:1]
+  workdirs = [str(tmp_path / members[0].name)]
+  hand_made_member(workdirs[0], [0.0, 0.0], [0.9970, 0.9960], select="last")
+  result = {"average": {"accuracy": 0.996}, "vote": {"accuracy": 0.996}}
+  row = frontier.frontier_table("cpu", members, workdirs, result).rows[0]
+  assert row[2] == pytest.approx(99.60) and row[4] == "last epoch, no selection (epoch 2)"
 
 
 def test_tables_only_refuses_unfinished_members(tmp_path):
