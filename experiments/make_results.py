@@ -143,6 +143,30 @@ FRONTIER_FINDING = (  # written after reading the numbers; keep it true
     "al., keep each run's best epoch on the test set.")
 
 
+# Earlier versions of the `cpu` recipe: (run folder under runs/frontier, what
+# it was). Their tables stay, so the history of the recipe is in the open.
+EARLIER_CPU_RECIPES = [
+    ("cpu_affine",
+     "Version 1 (configs/frontier_cpu.py at commit b0b9fd0): the same model, "
+     "augmentation and schedule, trained on the first 55,000 training images; "
+     "the last 5,000 were held out and each seed kept its best validation "
+     "epoch. (Version 2 below trains on all 60,000 and reports the last epoch: "
+     "here the selected epoch's test accuracy was within 0.01 points of the "
+     "last epoch's for every seed.)"),
+]
+ELASTIC_ATTEMPT = (
+    "Tried and dropped between the two versions: elastic distortions (Simard et "
+    "al. 2003, alpha 34, sigma 4 pixels) on top of version 1's affine warps. "
+    "Seed 0 was stopped after 24 of 30 epochs, when its validation accuracy was "
+    "99.38% against version 1's 99.58% at the same epoch "
+    "(runs/frontier/cpu_elastic).")
+
+
+def frontier_table_text(run_folder: str) -> str:
+  with open(os.path.join(run_folder, "tables", "frontier.md")) as f:
+    return f.read().strip()
+
+
 def frontier_section(frontier_dir: str) -> str:
   """The frontier table of each recipe that has been run (experiments/frontier.py)."""
   lines = [f"## {FRONTIER_TITLE}", ""]
@@ -154,11 +178,20 @@ def frontier_section(frontier_dir: str) -> str:
       lines += ["Not run yet" + (": it needs a GPU/TPU, and none was lent to us."
                                  if recipe == "full" else "."), ""]
       continue
-    with open(table) as f:
-      lines += [f.read().strip(), ""]
+    lines += [frontier_table_text(os.path.join(frontier_dir, recipe)), ""]
     if recipe == "cpu" and FRONTIER_FINDING:
       lines += [FRONTIER_FINDING, ""]
+    if recipe == "cpu":
+      lines += earlier_cpu_recipes(frontier_dir)
   return "\n".join(lines)
+
+
+def earlier_cpu_recipes(frontier_dir: str) -> list:
+  lines = ["#### Earlier versions of the `cpu` recipe", ""]
+  for folder, description in EARLIER_CPU_RECIPES:
+    if os.path.exists(os.path.join(frontier_dir, folder, "tables", "frontier.md")):
+      lines += [description, "", frontier_table_text(os.path.join(frontier_dir, folder)), ""]
+  return lines + [ELASTIC_ATTEMPT, ""]
 
 
 def main() -> None:

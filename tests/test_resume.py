@@ -21,9 +21,10 @@ from train_worker import make_config
 
 pytestmark = pytest.mark.real_data
 
-# 100 steps per epoch; saves every 9 steps, so most checkpoints are mid-epoch.
+# 100 steps per epoch, one per call; saves every 9 steps, so most checkpoints
+# are mid-epoch.
 OVERRIDES = {"num_epochs": 2, "batch_size": 20, "checkpoint.every_steps": 9,
-             "model.hidden_features": (32,)}
+             "model.hidden_features": (32,), "steps_per_dispatch": 1}
 
 
 @pytest.fixture(scope="module")
