@@ -405,13 +405,13 @@ def _compile_train_step(config, state, sums, train_data, mesh):
       return compiled(state, sums, data, shard_batch({"idx": idx_KxB[0]}, mesh)["idx"],
                       *rngs)
   else:
-    steps = jax.jit(functools.partial(gather_steps, **step_options(config)),
-                    donate_argnums=(0, 1))
+    multi_step = jax.jit(functools.partial(gather_steps, **step_options(config)),
+                         donate_argnums=(0, 1))
     example = shard_steps(np.zeros((k, batch), np.int32), mesh)
-    compiled = steps.lower(state, sums, train_data, example, *keys).compile()
+    compiled = multi_step.lower(state, sums, train_data, example, *keys).compile()
 
     def step_fn(state, sums, data, idx_KxB, *rngs):
-      fn = compiled if len(idx_KxB) == k else steps
+      fn = compiled if len(idx_KxB) == k else multi_step
       return fn(state, sums, data, shard_steps(idx_KxB, mesh), *rngs)
   return step_fn, time.perf_counter() - start
 
