@@ -5,9 +5,9 @@ leading axis and vmaps `train.gather_steps` / `train.eval_step` over it: each
 step is one program over all seeds, so small models keep the cores busy that
 a single seed leaves idle. As in `train_and_evaluate`, the training set is
 put on the device once and each call sends only batch indices (K =
-config.steps_per_dispatch steps per call). Each seed keeps its own init, data order and
-dropout (and augmentation) keys, derived from its seed exactly as in
-`train_and_evaluate`, so a
+config.steps_per_dispatch steps per call). Each seed keeps its own init, data
+order and dropout (and augmentation) keys, derived from its seed exactly as
+in `train_and_evaluate`, so a
 seed's result equals its separate run up to float rounding, and each seed's
 run directory (config.json with its seed, metrics.jsonl, checkpoints) is what
 `train_and_evaluate` would have written. Batch norm statistics and the
@@ -72,15 +72,20 @@ def _epoch(step, state, train_data, config, orders_SxN, step_keys, mesh):
   """
   start = time.perf_counter()
   batch = config.batch_size
-  steps = orders_SxN.shape[1] // batch
-  orders = orders_SxN[:, :steps * batch].astype(np.int32)  # ragged last batch dropped
+  steps = orders_SxN.shape[1] // batch  # spans end here: the ragged last batch is dropped
+  orders = orders_SxN.astype(np.int32)
   sharding = NamedSharding(mesh, P(None, None, "data"))  # (seed, step, batch)
-  sums = jax.vmap(lambda _: train.zero_sums())(np.arange(len(orders)))
+  sums = stacked_zero_sums(len(orders))
   for begin, end in train.dispatch_spans(0, steps, config.get("steps_per_dispatch", 1)):
-    idx_SxKxB = orders[:, begin * batch:end * batch].reshape(len(orders), end - begin, batch)
+    idx_SxKxB = train.span_indices(orders, begin, end, batch)
     state, sums = step(state, sums, train_data, jax.device_put(idx_SxKxB, sharding),
                        step_keys["dropout"], step_keys["augment"])
   return state, jax.device_get(sums), time.perf_counter() - start
+
+
+def stacked_zero_sums(num_seeds: int) -> Dict[str, jax.Array]:
+  """train.zero_sums() for each seed, stacked along a leading axis."""
+  return jax.vmap(lambda _: train.zero_sums())(np.arange(num_seeds))
 
 
 def _evaluate(state, test, batch_size: int, mesh) -> Dict[str, np.ndarray]:
@@ -122,7 +127,7 @@ def compile_epoch_step(config, state, train_data, keys, mesh):
   step = jax.jit(jax.vmap(functools.partial(train.gather_steps, **train.step_options(config)),
                           in_axes=(0, 0, None, 0, 0, 0)), donate_argnums=(0, 1))
   seeds, k = len(keys["dropout"]), config.get("steps_per_dispatch", 1)
-  sums = jax.vmap(lambda _: train.zero_sums())(np.arange(seeds))
+  sums = stacked_zero_sums(seeds)
   idx = jax.device_put(np.zeros((seeds, k, config.batch_size), np.int32),
                        NamedSharding(mesh, P(None, None, "data")))
   start = time.perf_counter()

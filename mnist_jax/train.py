@@ -384,6 +384,12 @@ def dispatch_spans(first_batch: int, steps: int, k: int):
     start = stop
 
 
+def span_indices(order_xN: np.ndarray, start: int, stop: int, batch: int) -> np.ndarray:
+  """Batches start..stop-1 of an epoch's order (its last axis) as (..., K, batch)."""
+  span = order_xN[..., start * batch:stop * batch]
+  return span.reshape(span.shape[:-1] + (stop - start, batch))
+
+
 def _compile_train_step(config, state, sums, train_data, mesh):
   """jit + AOT compile, so compile time is measured apart from the epochs.
 
@@ -465,13 +471,13 @@ def _train_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
   config = run.config
   every, batch = config.checkpoint.every_steps, config.batch_size
   order = data_lib.epoch_permutation(run.keys["shuffle"], epoch, len(run.train))
-  order = order[:run.steps * batch].astype(np.int32)  # the ragged last batch is dropped
+  order = order.astype(np.int32)  # spans end at run.steps: the ragged last batch is dropped
   spans = dispatch_spans(first_batch, run.steps, config.get("steps_per_dispatch", 1))
   done = (epoch - 1) * run.steps  # steps before this epoch; reading state.step syncs
   with tqdm(total=run.steps - first_batch, desc=f"epoch {epoch}", leave=False,
             disable=None, file=sys.stderr) as bar:
     for start, stop in spans:
-      idx_KxB = order[start * batch:stop * batch].reshape(stop - start, batch)
+      idx_KxB = span_indices(order, start, stop, batch)
       state, sums = run.step_fn(state, sums, run.train_data, idx_KxB,
                                 run.keys["dropout"], run.keys["augment"])
       bar.update(stop - start)
