@@ -44,8 +44,9 @@ def _layer_cost(module: nn.Module, out) -> LayerCost:
                    kernel_size + bias_size, reuse * kernel_size)
 
 
-def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
-  """Cost of each Dense / Conv / ConvLocal layer of the model, in call order."""
+def _trace_init(model_config: ml_collections.ConfigDict):
+  """(abstract variables, cost of each Dense / Conv / ConvLocal layer in call
+  order) from one abstract trace of `init`."""
   model = build_model(model_config)
   costs = []
 
@@ -58,18 +59,21 @@ def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
 
   dummy = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
-  return costs
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
+  return variables, costs
+
+
+def layer_costs(model_config: ml_collections.ConfigDict) -> List[LayerCost]:
+  """Cost of each Dense / Conv / ConvLocal layer of the model, in call order."""
+  return _trace_init(model_config)[1]
 
 
 def model_cost(model_config: ml_collections.ConfigDict) -> Dict[str, int]:
   """{'num_params': every trainable parameter (batch norm's scale and bias
   too), 'macs_per_image': summed over the weight layers}."""
-  model = build_model(model_config)
-  dummy = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
+  variables, costs = _trace_init(model_config)
   return {"num_params": layers.count_params(variables["params"]),
-          "macs_per_image": sum(c.macs for c in layer_costs(model_config))}
+          "macs_per_image": sum(c.macs for c in costs)}
 
 
 def sharing_rows(cnn_config: ml_collections.ConfigDict) -> List[Dict]:
