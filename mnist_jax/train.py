@@ -356,6 +356,7 @@ class _Run:
   val: Optional[data_lib.Split]  # None without config.data.validation_size
   test: data_lib.Split
   steps: int  # per epoch
+  schedule: Any  # optax schedule: the learning rate of each step, for the metrics line
   train_data: Batch  # the training images and labels, on every device
   step_fn: Any  # _compile_train_step's: trains K batches per call
   mngr: Any  # orbax CheckpointManager
@@ -422,7 +423,7 @@ def _compile_train_step(config, state, sums, train_data, mesh):
   return step_fn, time.perf_counter() - start
 
 
-def _compile_epoch_end(config, state: TrainState, split: data_lib.Split, steps: int,
+def _compile_epoch_end(config, state: TrainState, split: data_lib.Split, schedule,
                        mesh) -> float:
   """Runs once, results discarded, what each epoch's end compiles on first
   use: the eval step (on `split`'s first batch), the finiteness check and the
@@ -435,7 +436,7 @@ def _compile_epoch_end(config, state: TrainState, split: data_lib.Split, steps: 
   jax.block_until_ready(_jitted_eval_step(state.apply_fn, eval_params(state), batch,
                                           state.batch_stats))
   to_host(all_finite(state.params))
-  float(make_schedule(config.optimizer, steps, config.num_epochs)(0))
+  float(schedule(0))
   return time.perf_counter() - start
 
 
@@ -495,11 +496,10 @@ def _epoch_metrics(run: _Run, state, sums, epoch: int, first_batch: int,
   step = epoch * run.steps
   totals = to_host(sums)
   test_metrics = evaluate(state, run.test, run.config.eval_batch_size, run.mesh)
-  schedule = make_schedule(run.config.optimizer, run.steps, run.config.num_epochs)
   trained = (run.steps - first_batch) * run.config.batch_size  # in this process's life
   metrics = {
       "epoch": epoch, "step": step,
-      "learning_rate": float(schedule(step - 1)),
+      "learning_rate": float(run.schedule(step - 1)),
       "train_loss": float(totals["loss_sum"]) / int(totals["count"]),
       "train_accuracy": int(totals["correct"]) / int(totals["count"]),
       "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
@@ -619,10 +619,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_data = replicate({"image": train.images, "label": train.labels}, mesh)
   sums = replicate(zero_sums(), mesh)
   step_fn, compile_s = _compile_train_step(config, state, sums, train_data, mesh)
-  compile_s += _compile_epoch_end(config, state, test, steps, mesh)
+  schedule = make_schedule(config.optimizer, steps, config.num_epochs)
+  compile_s += _compile_epoch_end(config, state, test, schedule, mesh)
   log(f"train and eval steps compiled in {compile_s:.1f}s")
   select = config.get("select", "last")
-  run = _Run(config, workdir, mesh, train, val, test, steps, train_data, step_fn,
+  run = _Run(config, workdir, mesh, train, val, test, steps, schedule, train_data, step_fn,
              checkpoint.manager(workdir, config.checkpoint.max_to_keep),
              checkpoint.best_manager(workdir) if select == "best_val" else None,
              keys, replicate(jax.random.key_data(

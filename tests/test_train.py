@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mnist_jax import data, run_dir, train
+from mnist_jax.optim import make_schedule
 from mnist_jax.train import train_and_evaluate
 
 from configs import cnn as cnn_config, mlp as mlp_config
@@ -117,6 +118,11 @@ def test_training_loop_end_to_end_on_mock_data(mocked_mnist, tmp_path):
   assert all(set(run_dir.METRIC_KEYS) <= set(m) for m in lines)
   assert lines[-1]["step"] == 2 * (320 // 64)
   assert lines[-1]["test_count"] == 320
+  # Each line's learning rate is the schedule's at that epoch's last step.
+  schedule = make_schedule(config.optimizer, 320 // 64, config.num_epochs)
+  assert [m["learning_rate"] for m in lines] == pytest.approx(
+      [float(schedule(m["step"] - 1)) for m in lines])
+  assert lines[0]["learning_rate"] != pytest.approx(lines[1]["learning_rate"])
   assert 0.0 <= final["test_accuracy"] <= 1.0 and np.isfinite(final["test_loss"])
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["model"]["name"] == "cnn" and saved["num_epochs"] == 2
