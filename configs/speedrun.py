@@ -11,8 +11,9 @@ conv16(3x3)-maxpool-conv32(3x3)-maxpool-dense128-dense10, ReLU, no dropout,
 Adam with a one-cycle schedule peaking at 3e-3, batch 64, 2 epochs, trained
 on the 60,000 training images only (no test-set stopping or selection: the
 schedule is fixed and the last epoch is reported). Measured runtime and
-accuracy (5 seeds: mean 99.06%, 17.8-18.5 s of training each on the 2-core
-CPU; 19.6-20.3 s on the same host at a slower hour): docs/performance.md.
+accuracy (5 seeds: mean 99.06%, 17.1-19.4 s of training each on the 2-core
+CPU in the latest run; earlier 17.8-18.5 s, and 19.6-20.3 s on the same host
+at a slower hour): docs/performance.md.
 """
 
 from mnist_jax.config import base_config

@@ -11,10 +11,11 @@ our single models (each, and mean ± std) and ensembles beside the published
 numbers, with parameters, training time and how each number was selected.
 Default `--out`: runs/frontier/<recipe>.
 
-Measured: the `cpu` recipe on the project's 2-core CPU, 25-28 min per seed
-(RESULTS.md, section 6: 99.59 / 99.60 / 99.60% single, mean 99.597%;
-ensemble 99.64% by averaged probabilities, 99.62% by vote). The `full` recipe (150 epochs of M3, M5 and M7) is
-meant for a GPU/TPU and has not been run: no accelerator was lent to us yet.
+Measured: version 3 of the `cpu` recipe on the project's 2-core CPU,
+29.8-31.9 min per seed (RESULTS.md, section 6: 99.67 / 99.73 / 99.68%
+single, mean 99.69%; ensemble 99.74% by averaged probabilities, 99.76% by
+vote). The `full` recipe (150 epochs of M3, M5 and M7) is meant for a
+GPU/TPU and has not been run: no accelerator was lent to us yet.
 """
 
 from __future__ import annotations
