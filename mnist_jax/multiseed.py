@@ -88,14 +88,24 @@ def stacked_zero_sums(num_seeds: int) -> Dict[str, jax.Array]:
   return jax.vmap(lambda _: train.zero_sums())(np.arange(num_seeds))
 
 
+def _eval_step_per_seed(apply_fn, params, batch, batch_stats):
+  """train.eval_step for every seed's params and batch_stats, on one batch."""
+  return jax.vmap(functools.partial(train.eval_step, apply_fn),
+                  in_axes=(0, None, 0))(params, batch, batch_stats)
+
+
+# apply_fn is static: one compilation per model, reused by every epoch (a jit
+# built inside _evaluate would compile again at each epoch's end).
+_jitted_eval_step_per_seed = jax.jit(_eval_step_per_seed, static_argnums=0)
+
+
 def _evaluate(state, test, batch_size: int, mesh) -> Dict[str, np.ndarray]:
   """Per-seed loss and accuracy on every test image (vmapped eval_step)."""
-  step = jax.jit(jax.vmap(functools.partial(train.eval_step, state.apply_fn),
-                          in_axes=(0, None, 0)))
   sums = []
   for images, labels, mask in data_lib.eval_batches(test, batch_size):
     batch = train.shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
-    sums.append(step(train.eval_params(state), batch, state.batch_stats))
+    sums.append(_jitted_eval_step_per_seed(state.apply_fn, train.eval_params(state),
+                                           batch, state.batch_stats))
   total = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *jax.device_get(sums))
   return {"loss": total["loss_sum"] / total["count"],
           "accuracy": total["correct"] / total["count"], "count": total["count"]}
