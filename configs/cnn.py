@@ -7,7 +7,7 @@ ReLU, dropout 0.25 in the head, Adam 1e-3 with a cosine schedule, batch 128,
 10 epochs. Measured accuracy and time: see the table in README.md.
 """
 
-from mnist_jax.config import base_config
+from mnist_jax.core.config import base_config
 
 
 def get_config():

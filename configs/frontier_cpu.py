@@ -31,7 +31,7 @@ distortions (alpha 34, sigma 4) on top of the affine warps were stopped after
 them at that epoch.
 """
 
-from mnist_jax.config import load_config_file
+from mnist_jax.core.config import load_config_file
 
 
 def get_config():

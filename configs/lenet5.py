@@ -6,7 +6,7 @@ Deviations from the paper are listed in mnist_jax/models/lenet5.py. Adam 1e-3
 with a cosine schedule, batch 128, 20 epochs (the paper also trained 20).
 """
 
-from mnist_jax.config import base_config
+from mnist_jax.core.config import base_config
 
 
 def get_config():

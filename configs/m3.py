@@ -11,7 +11,7 @@ deviations are written down). Meant for a GPU/TPU.
 Measured here: nothing yet.
 """
 
-from mnist_jax.recipes import an2020
+from mnist_jax.core.recipes import an2020
 
 
 def get_config():

@@ -6,7 +6,7 @@ r"""The article's fully connected network: Flatten -> Dense(128, ReLU) -> Dense(
 Measured accuracy and time: see the table in README.md.
 """
 
-from mnist_jax.config import base_config
+from mnist_jax.core.config import base_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ CPU in the latest run; earlier 17.8-18.5 s, and 19.6-20.3 s on the same host
 at a slower hour): docs/performance.md.
 """
 
-from mnist_jax.config import base_config
+from mnist_jax.core.config import base_config
 
 
 def get_config():

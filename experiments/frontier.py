@@ -27,12 +27,13 @@ from typing import Dict, List, NamedTuple, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mnist_jax import ensemble, run_dir  # noqa: E402
-from mnist_jax.aggregate import mean_std  # noqa: E402
-from mnist_jax.config import load_config_file  # noqa: E402
-from mnist_jax.errors import UserError  # noqa: E402
-from mnist_jax.models.cost import model_cost  # noqa: E402
-from mnist_jax.tables import Column, Table  # noqa: E402
+from mnist_jax.inference import ensemble  # noqa: E402
+from mnist_jax.core import run_dir  # noqa: E402
+from mnist_jax.studies.stats import mean_std  # noqa: E402
+from mnist_jax.core.config import load_config_file  # noqa: E402
+from mnist_jax.core.errors import UserError  # noqa: E402
+from mnist_jax.core.models.cost import model_cost  # noqa: E402
+from mnist_jax.studies.tables import Column, Table  # noqa: E402
 
 
 class Member(NamedTuple):
@@ -74,7 +75,7 @@ def member_config(member: Member):
 
 def train_members(members: Sequence[Member], out: str, mnist_dir=None) -> List[str]:
   """Trains (or resumes, or skips) every member; returns their run directories."""
-  from mnist_jax.train import train_and_evaluate
+  from mnist_jax.engine.loop import train_and_evaluate
   workdirs = []
   for member in members:
     config, workdir = member_config(member), os.path.join(out, member.name)

@@ -25,8 +25,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
 
-from mnist_jax import reports, study_cli  # noqa: E402
-from mnist_jax.study import Point, Preset, Study  # noqa: E402
+from mnist_jax.studies import reports, script as study_cli  # noqa: E402
+from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
 
 STUDY = Study("kernel_size", [
     Point(f"cnn_k{k}", "configs/cnn.py", {"model.kernel_sizes": (k, k, k)},

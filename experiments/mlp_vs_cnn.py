@@ -33,10 +33,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
 
-from mnist_jax import reports, study_cli  # noqa: E402
-from mnist_jax.models.cost import sharing_rows  # noqa: E402
-from mnist_jax.study import Point, Preset, Study, load_config_file  # noqa: E402
-from mnist_jax.tables import Column, Table  # noqa: E402
+from mnist_jax.studies import reports, script as study_cli  # noqa: E402
+from mnist_jax.core.models.cost import sharing_rows  # noqa: E402
+from mnist_jax.core.config import load_config_file  # noqa: E402
+from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
+from mnist_jax.studies.tables import Column, Table  # noqa: E402
 
 STUDY = Study("mlp_vs_cnn", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),

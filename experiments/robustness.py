@@ -31,10 +31,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
 
-from mnist_jax import reports, robustness, study_cli, study_plots  # noqa: E402
-from mnist_jax.aggregate import mean_std  # noqa: E402
-from mnist_jax.study import Point, Preset, Study  # noqa: E402
-from mnist_jax.tables import Column, Table  # noqa: E402
+from mnist_jax.studies import reports, script as study_cli, plots as study_plots  # noqa: E402
+from mnist_jax.inference import robustness  # noqa: E402
+from mnist_jax.studies.stats import mean_std  # noqa: E402
+from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
+from mnist_jax.studies.tables import Column, Table  # noqa: E402
 
 STUDY = Study("robustness", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),

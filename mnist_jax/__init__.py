@@ -4,7 +4,7 @@ Data flows one way: config -> data -> model -> train step -> evaluation -> run
 directory (config.json, metrics.jsonl, checkpoints) -> tables and plots.
 """
 
-from mnist_jax.errors import UserError
+from mnist_jax.core.errors import UserError
 
 __all__ = ["UserError", "train_and_evaluate"]
 
@@ -12,6 +12,6 @@ __all__ = ["UserError", "train_and_evaluate"]
 def __getattr__(name):
   # Imported lazily so that `import mnist_jax` stays cheap (no JAX/TF import).
   if name == "train_and_evaluate":
-    from mnist_jax.train import train_and_evaluate
+    from mnist_jax.engine.loop import train_and_evaluate
     return train_and_evaluate
   raise AttributeError(name)

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mnist_jax.errors import UserError  # noqa: E402
+from mnist_jax.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -75,7 +75,7 @@ def _require(*names: str) -> None:
 
 def _start_jax() -> None:
   """XLA flags and multi-host set-up: both must precede JAX's first device use."""
-  from mnist_jax import runtime
+  from mnist_jax.core import runtime
   runtime.set_gpu_determinism(FLAGS.deterministic)
   if FLAGS.multihost:
     runtime.init_multihost(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -85,7 +85,7 @@ def _start_jax() -> None:
 def cmd_train(args: List[str]) -> int:
   _require("config", "workdir")
   _start_jax()
-  from mnist_jax.train import train_and_evaluate
+  from mnist_jax.engine.loop import train_and_evaluate
   final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir,
                              force=FLAGS.force)
   when = (f"of epoch {final['epoch']}, chosen by validation accuracy"
@@ -99,7 +99,7 @@ def cmd_train(args: List[str]) -> int:
 def cmd_evaluate(args: List[str]) -> int:
   _require("workdir")
   _start_jax()
-  from mnist_jax.train import restore_and_evaluate
+  from mnist_jax.engine.restore import restore_and_evaluate
   result = restore_and_evaluate(FLAGS.workdir, mnist_dir=FLAGS.data_dir)
   print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f} "
         f"({result['count']} images)")
@@ -110,7 +110,7 @@ def cmd_plot(args: List[str]) -> int:
   _require("workdir")
   if args:
     raise UserError(f"plot takes no file arguments (got {' '.join(args)}).")
-  from mnist_jax.plots import make_figures
+  from mnist_jax.inference.plots import make_figures
   written, skipped = make_figures(FLAGS.workdir, FLAGS.format, FLAGS.digit,
                                   mnist_dir=FLAGS.data_dir)
   for name, reason in skipped.items():
@@ -126,7 +126,7 @@ def cmd_predict(args: List[str]) -> int:
     raise UserError(f"--top {FLAGS.top}: use a number from 1 to 10.")
   if not args:
     raise UserError("predict needs image files or folders after the flags.")
-  from mnist_jax.predict import report_predictions
+  from mnist_jax.inference.predict import report_predictions
   return report_predictions(FLAGS.workdir, args, top=FLAGS.top, as_json=FLAGS.json,
                             figure=FLAGS.figure,
                             preprocess=not FLAGS["no-preprocess"].value)
@@ -138,7 +138,7 @@ def cmd_ensemble(args: List[str]) -> int:
     raise UserError(f"ensemble takes no file arguments (got {' '.join(args)}): "
                     "list the runs in --workdirs.")
   _start_jax()
-  from mnist_jax.ensemble import report
+  from mnist_jax.inference.ensemble import report
   report(FLAGS.workdirs, FLAGS.split, FLAGS.out, mnist_dir=FLAGS.data_dir)
   return 0
 

@@ -40,7 +40,7 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_mnist(mnist_dir, tfds_dir):
   """(train, test) Splits of the real MNIST, prepared once per session."""
-  from mnist_jax import data
+  from mnist_jax.core import data
   return data.load_mnist(mnist_dir, tfds_dir)
 
 
@@ -59,7 +59,7 @@ def small_data(real_mnist, tmp_path_factory):
 def mlp_run(real_mnist, tmp_path_factory):
   """A run directory of the article's MLP after 1 epoch on real MNIST (~96%)."""
   from configs import mlp as mlp_config
-  from mnist_jax.train import train_and_evaluate
+  from mnist_jax.engine.loop import train_and_evaluate
   config = mlp_config.get_config()
   config.num_epochs = 1
   config.optimizer.schedule = "constant"
@@ -73,8 +73,8 @@ def mlp_run(real_mnist, tmp_path_factory):
 def cnn_run(real_mnist, tmp_path_factory):
   """A run directory of a tiny two-stage CNN, 2 short epochs on 2,000 images."""
   from configs import cnn as cnn_config
-  from mnist_jax import data
-  from mnist_jax.train import train_and_evaluate
+  from mnist_jax.core import data
+  from mnist_jax.engine.loop import train_and_evaluate
   config = cnn_config.get_config()
   config.model.update(features=(4, 8), kernel_sizes=(3, 3), strides=(1, 1),
                       activations=("relu", "relu"), pooling=("max", "max"),

@@ -9,7 +9,8 @@ import sys
 import jax
 import numpy as np
 
-from mnist_jax import run_dir, train
+from mnist_jax.core import data, run_dir
+from mnist_jax.engine import mesh as mesh_lib, restore as restore_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "train_worker.py"
@@ -18,7 +19,7 @@ TIME_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 
 def load_small(path):
   arrays = np.load(path)
-  return tuple(train.data_lib.Split(arrays[f"{s}_images"], arrays[f"{s}_labels"])
+  return tuple(data.Split(arrays[f"{s}_images"], arrays[f"{s}_labels"])
                for s in ("train", "test"))
 
 
@@ -42,7 +43,7 @@ def without_times(lines):
 
 def final_params(workdir):
   config = run_dir.read_config(workdir)
-  return train.to_host(train.restore_state(workdir, config).params)
+  return mesh_lib.to_host(restore_lib.restore_state(workdir, config).params)
 
 
 def assert_same_bits(a, b):

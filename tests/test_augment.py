@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, augment
+from mnist_jax import UserError
+from mnist_jax.core import augment
 
 
 def aug_cfg(**overrides) -> ml_collections.ConfigDict:

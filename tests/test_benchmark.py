@@ -4,7 +4,8 @@ import csv
 
 import pytest
 
-from mnist_jax import UserError, benchmark
+from mnist_jax import UserError
+from mnist_jax.tools import benchmark
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
@@ -42,7 +43,7 @@ def test_benchmark_refuses_a_single_vmapped_seed(tmp_path):
 
 
 def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
-  from mnist_jax import benchmark_ops
+  from mnist_jax.tools import benchmark_ops
   rows = benchmark_ops.main(["--batch", "8", "--repeats", "1"])
   ops = [r["op"] for r in rows]
   assert sum("kernel_grad xla_chunked" in op for op in ops) == 3  # one per stage

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from mnist_jax import UserError, data
+from mnist_jax import UserError
+from mnist_jax.core import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.models import build_model
-from mnist_jax.models.layers import CONV_IMPLS, Conv, xla_chunked_conv, xla_conv
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.layers import CONV_IMPLS, Conv, xla_chunked_conv, xla_conv
 
 from configs import cnn as cnn_config
 

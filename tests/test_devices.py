@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import run_dir, train
-from mnist_jax.train import train_and_evaluate
+from mnist_jax.core import run_dir
+
+from mnist_jax.engine.loop import train_and_evaluate
 
 from helpers import final_params, finish, load_small, start_worker, without_times
 from train_worker import make_config

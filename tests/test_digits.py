@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_jax import UserError, digits
+from mnist_jax import UserError
+from mnist_jax.inference import digits
 
 
 def paper_digit(width=120, height=90, box=(70, 10, 30, 60), ink=30, paper=235):

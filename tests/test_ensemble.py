@@ -10,8 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, ensemble, trained
-from mnist_jax.train import restore_and_evaluate
+from mnist_jax import UserError
+from mnist_jax.inference import ensemble
+from mnist_jax.engine.restore import restore_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

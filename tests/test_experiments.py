@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from mnist_jax import run_dir, study_cli
-from mnist_jax.study import Study
+from mnist_jax.core import run_dir
+from mnist_jax.studies import script as study_cli
+from mnist_jax.studies.spec import Study
 
 from experiments import lecun1998, robustness as robustness_study
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from mnist_jax import run_dir
-from mnist_jax.config import load_config_file
+from mnist_jax.core import run_dir
+from mnist_jax.core.config import load_config_file
 
 from experiments import frontier
 

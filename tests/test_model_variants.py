@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, robustness
-from mnist_jax.data import Split
-from mnist_jax.models import build_model
-from mnist_jax.models.cost import layer_costs, model_cost, sharing_rows
-from mnist_jax.models.layers import count_params
+from mnist_jax import UserError
+from mnist_jax.inference import robustness
+from mnist_jax.core.data import Split
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.cost import layer_costs, model_cost, sharing_rows
+from mnist_jax.core.models.layers import count_params
 
 from configs import cnn as cnn_config, lenet5 as lenet5_config, mlp as mlp_config
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.models import build_model, cnn as cnn_lib
-from mnist_jax.models.layers import count_params, pool
+from mnist_jax.core.models import build_model, cnn as cnn_lib
+from mnist_jax.core.models.layers import count_params, pool
 
 from configs import cnn as cnn_config, mlp as mlp_config
 

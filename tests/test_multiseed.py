@@ -4,7 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, data, multiseed, run_dir, train
+from mnist_jax import UserError
+from mnist_jax.core import data, run_dir
+from mnist_jax.engine import multiseed
+from mnist_jax.engine import loop as loop_lib, restore as restore_lib
 
 from configs import cnn as cnn_config
 
@@ -42,14 +45,14 @@ def test_each_seed_matches_its_separate_run(tmp_path, steps_per_dispatch):
       verbose=False)
   for seed, result in zip(seeds, together):
     alone_dir = str(tmp_path / f"alone{seed}")
-    alone = train.train_and_evaluate(multiseed.seed_config(config, seed), alone_dir,
+    alone = loop_lib.train_and_evaluate(multiseed.seed_config(config, seed), alone_dir,
                                      data=splits, verbose=False)
     for key in ("train_loss", "test_loss", "test_accuracy", "step", "test_count"):
       assert result[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
     assert run_dir.read_config(str(tmp_path / f"v{seed}")).seed == seed
     assert [m["epoch"] for m in run_dir.read_metrics(str(tmp_path / f"v{seed}"))] == [1, 2]
-    restored = train.restore_state(str(tmp_path / f"v{seed}"), config)
-    reference = train.restore_state(alone_dir, config)
+    restored = restore_lib.restore_state(str(tmp_path / f"v{seed}"), config)
+    reference = restore_lib.restore_state(alone_dir, config)
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(reference.params)):
       np.testing.assert_allclose(a, b, atol=1e-5)
   assert together[0]["test_loss"] != together[1]["test_loss"]

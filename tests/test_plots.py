@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_jax import UserError, figures, plots, trained
+from mnist_jax import UserError
+from mnist_jax.inference import figures, plots, trained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONV_ONLY = ("conv_kernels", "feature_maps")

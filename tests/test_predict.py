@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_jax import predict, trained
+from mnist_jax.inference import predict, trained
 
 pytestmark = pytest.mark.real_data
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mnist_jax import run_dir
+from mnist_jax.core import run_dir
 
 pytestmark = pytest.mark.real_data
 

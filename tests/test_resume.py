@@ -12,8 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, run_dir, train
-from mnist_jax.train import train_and_evaluate
+from mnist_jax import UserError
+from mnist_jax.core import run_dir
+from mnist_jax.engine import checkpoint
+from mnist_jax.engine import steps as steps_lib
+from mnist_jax.engine.loop import train_and_evaluate
 
 from helpers import (assert_same_bits, final_params, finish, load_small,
                      start_worker, without_times)
@@ -63,7 +66,7 @@ def test_sigkill_mid_run_then_restart_ends_as_if_never_killed(uninterrupted,
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL
-  killed_at = train.checkpoint.manager(str(workdir)).latest_step()
+  killed_at = checkpoint.manager(str(workdir)).latest_step()
   assert killed_at is not None and killed_at < 200  # it really was interrupted
 
   finish(start_worker(workdir, small_data, OVERRIDES))
@@ -74,7 +77,7 @@ def test_sigkill_mid_run_then_restart_ends_as_if_never_killed(uninterrupted,
 
 
 def test_checkpoints_are_kept_every_n_steps_and_at_epoch_ends(uninterrupted):
-  steps = train.checkpoint.manager(str(uninterrupted)).all_steps()
+  steps = checkpoint.manager(str(uninterrupted)).all_steps()
   assert sorted(steps) == [189, 198, 200]  # max_to_keep=3: 9-step saves, then the end
 
 
@@ -117,7 +120,7 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_good_checkpoints(
   with pytest.raises(UserError, match=r"diverged.*step (\d+).*learning_rate") as info:
     train_and_evaluate(config, workdir, data=data, verbose=False)
   bad_step = int(info.value.args[0].split("step ")[1].split()[0].strip("(),"))
-  mngr = train.checkpoint.manager(workdir)
+  mngr = checkpoint.manager(workdir)
   assert mngr.all_steps() and max(mngr.all_steps()) < bad_step
   assert f"checkpoint (step {max(mngr.all_steps())}) is kept" in str(info.value)
   params = final_params(workdir)
@@ -139,11 +142,11 @@ def test_several_steps_per_call_train_the_same_run(uninterrupted, small_data, tm
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
   # every_steps=9 with 7-step calls: a save at the first call end past each
   # multiple of 9 (..., 189 -> 191, 198 -> 198), then the epoch end.
-  assert sorted(train.checkpoint.manager(str(workdir)).all_steps()) == [191, 198, 200]
+  assert sorted(checkpoint.manager(str(workdir)).all_steps()) == [191, 198, 200]
 
 
 def test_dispatch_spans_cover_the_epoch_and_realign_after_a_resume():
-  assert list(train.dispatch_spans(0, 10, 4)) == [(0, 4), (4, 8), (8, 10)]
-  assert list(train.dispatch_spans(5, 10, 4)) == [(5, 8), (8, 10)]
-  assert list(train.dispatch_spans(3, 5, 1)) == [(3, 4), (4, 5)]
-  assert list(train.dispatch_spans(10, 10, 4)) == []
+  assert list(steps_lib.dispatch_spans(0, 10, 4)) == [(0, 4), (4, 8), (8, 10)]
+  assert list(steps_lib.dispatch_spans(5, 10, 4)) == [(5, 8), (8, 10)]
+  assert list(steps_lib.dispatch_spans(3, 5, 1)) == [(3, 4), (4, 5)]
+  assert list(steps_lib.dispatch_spans(10, 10, 4)) == []

@@ -1,6 +1,6 @@
 """XLA flags set before JAX starts."""
 
-from mnist_jax import runtime
+from mnist_jax.core import runtime
 
 
 def test_gpu_determinism_is_added_to_xla_flags_and_can_be_off(monkeypatch):

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.models import build_model, simple_cnn
-from mnist_jax.models.layers import count_params
+from mnist_jax.core.models import build_model, simple_cnn
+from mnist_jax.core.models.layers import count_params
 
 from configs import m3, m5, m7
 
@@ -125,7 +125,7 @@ def test_m3_m5_m7_share_one_recipe_and_spell_out_augmentation():
 
 
 def test_a_restored_batch_norm_model_predicts_with_its_running_stats():
-  from mnist_jax import trained
+  from mnist_jax.inference import trained
   model, variables, _ = tiny_model()
   images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
   run = trained.TrainedModel(ml_collections.ConfigDict({"eval_batch_size": 4}), model,

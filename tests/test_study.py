@@ -1,28 +1,30 @@
 """Studies: restart skips finished runs, aggregation statistics, table formats."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 
-from mnist_jax import aggregate, data as data_lib, reports, run_dir, study as study_lib
-from mnist_jax.tables import Column, Table
+from mnist_jax.studies import results as aggregate, reports, runner as study_lib, spec, stats
+from mnist_jax.core.config import load_config_file
+from mnist_jax.core.errors import UserError
+from mnist_jax.core import data as data_lib, run_dir
+from mnist_jax.studies.tables import Column, Table
 
 MLP = "configs/mlp.py"
 
 
 def tiny_study():
-  return study_lib.Study("tiny", [
-      study_lib.Point("linear", MLP, {"model.hidden_features": ()}),
-      study_lib.Point("mlp8", MLP, {"model.hidden_features": (8,)}),
+  return spec.Study("tiny", [
+      spec.Point("linear", MLP, {"model.hidden_features": ()}),
+      spec.Point("mlp8", MLP, {"model.hidden_features": (8,)}),
       # stride 3 then 2x2 pooling in every stage leaves nothing: impossible.
-      study_lib.Point("impossible", "configs/cnn.py",
+      spec.Point("impossible", "configs/cnn.py",
                       {"model.strides": (3, 3, 3)}),
   ])
 
 
-PRESET = study_lib.Preset(seeds=(0, 1), overrides={"num_epochs": 2})
+PRESET = spec.Preset(seeds=(0, 1), overrides={"num_epochs": 2})
 
 
 def fake_train(calls):
@@ -83,14 +85,14 @@ def test_restarted_study_skips_finished_runs_and_resumes_the_unfinished(tmp_path
 def test_finished_run_of_another_config_is_not_taken_for_this_one(tmp_path, no_mnist):
   out = str(tmp_path / "study")
   study_lib.run_study(tiny_study(), PRESET, out, train_fn=fake_train([]), log=len)
-  other = study_lib.Preset(seeds=(0, 1), overrides={"num_epochs": 2, "batch_size": 64})
-  with pytest.raises(study_lib.UserError, match="another config.*another --out"):
+  other = spec.Preset(seeds=(0, 1), overrides={"num_epochs": 2, "batch_size": 64})
+  with pytest.raises(UserError, match="another config.*another --out"):
     study_lib.run_study(tiny_study(), other, out, train_fn=fake_train([]), log=len)
 
 
 def hand_made_run(workdir, accuracies, num_epochs=None, params=1000):
   """A run directory with one epoch per entry of `accuracies`."""
-  config = study_lib.load_config_file(MLP)
+  config = load_config_file(MLP)
   config.num_epochs = num_epochs or len(accuracies)
   run_dir.write_config(workdir, config)
   for epoch, acc in enumerate(accuracies, start=1):
@@ -102,15 +104,15 @@ def hand_made_run(workdir, accuracies, num_epochs=None, params=1000):
 
 
 def test_aggregation_mean_and_sample_std_over_seeds(tmp_path):
-  study = study_lib.Study("hand", [study_lib.Point("a", MLP)])
-  preset = study_lib.Preset(seeds=(0, 1, 2, 3))
+  study = spec.Study("hand", [spec.Point("a", MLP)])
+  preset = spec.Preset(seeds=(0, 1, 2, 3))
   out = str(tmp_path)
   point = study.points[0]
   finals = [0.90, 0.92, 0.97]
   for seed, final in enumerate(finals):
-    hand_made_run(study_lib.run_workdir(out, point, seed), [0.5, final])
+    hand_made_run(spec.run_workdir(out, point, seed), [0.5, final])
   # Seed 3 stopped after one of two epochs: not counted.
-  hand_made_run(study_lib.run_workdir(out, point, 3), [0.1], num_epochs=2)
+  hand_made_run(spec.run_workdir(out, point, 3), [0.1], num_epochs=2)
 
   [result] = aggregate.collect(study, preset, out)
   stat = result.final("test_accuracy")
@@ -126,7 +128,7 @@ def test_aggregation_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_one_seed_has_no_std_and_tables_say_so():
-  stat = aggregate.mean_std([0.9])
+  stat = stats.mean_std([0.9])
   assert stat.n == 1 and stat.mean == 0.9 and np.isnan(stat.std)
   table = Table([Column("model"), Column("acc", ".2f")], [["a_b", stat]])
   assert "0.90 ± n/a" in table.to_markdown()
@@ -134,7 +136,7 @@ def test_one_seed_has_no_std_and_tables_say_so():
 
 
 def test_table_formats_agree_on_the_numbers():
-  stat = aggregate.MeanStd(98.123, 0.456, 3)
+  stat = stats.MeanStd(98.123, 0.456, 3)
   table = Table([Column("model"), Column("params", ",d"), Column("acc (%)", ".2f")],
                 [["CNN", 241546, stat], ["rejected", None, None]], caption="c", notes=["n1"])
   md = table.to_markdown().splitlines()
@@ -151,9 +153,9 @@ def test_table_formats_agree_on_the_numbers():
 
 
 def test_overrides_reject_unknown_fields():
-  point = study_lib.Point("x", MLP, {"model.hiden_features": (8,)})
-  with pytest.raises(study_lib.UserError, match="hiden_features.*no such field"):
-    study_lib.point_config(point, PRESET, 0)
+  point = spec.Point("x", MLP, {"model.hiden_features": (8,)})
+  with pytest.raises(UserError, match="hiden_features.*no such field"):
+    spec.point_config(point, PRESET, 0)
 
 
 def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
@@ -164,26 +166,26 @@ def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
       rng.integers(0, 10, n).astype(np.int32))
   splits = (split(96), split(40))
   monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
-  study = study_lib.Study("tiny", [study_lib.Point("mlp8", MLP, {
+  study = spec.Study("tiny", [spec.Point("mlp8", MLP, {
       "model.hidden_features": (8,)})])
-  preset = study_lib.Preset(seeds=(0, 1), overrides={
+  preset = spec.Preset(seeds=(0, 1), overrides={
       "num_epochs": 1, "batch_size": 32, "eval_batch_size": 20})
   messages = []
   runs = study_lib.run_study(study, preset, str(tmp_path / "v"), log=messages.append,
                              vmap_seeds=True)
   assert any("seeds [0, 1]: training together" in m for m in messages)
-  from mnist_jax import train
+  from mnist_jax.engine import loop as loop_lib
   for run in runs:
     assert run_dir.read_extras(run.workdir)["trained_with_seeds"] == [0, 1]
-    alone = train.train_and_evaluate(run.config, str(tmp_path / f"alone{run.seed}"),
+    alone = loop_lib.train_and_evaluate(run.config, str(tmp_path / f"alone{run.seed}"),
                                      data=splits, verbose=False)
     together = run_dir.read_metrics(run.workdir)[-1]
     assert together["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-4)
 
 
 def test_a_started_run_is_left_out_of_the_seeds_trained_together(tmp_path):
-  study = study_lib.Study("tiny", [study_lib.Point("mlp8", MLP, {})])
-  preset = study_lib.Preset(seeds=(0, 1, 2), overrides={})
+  study = spec.Study("tiny", [spec.Point("mlp8", MLP, {})])
+  preset = spec.Preset(seeds=(0, 1, 2), overrides={})
   runs = study_lib.plan(study, preset, str(tmp_path))
   assert [[r.seed for r in g] for g in study_lib.fresh_seed_groups(runs)] == [[0, 1, 2]]
   os.makedirs(runs[1].workdir)  # seed 1 was interrupted: it resumes on its own

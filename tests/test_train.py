@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mnist_jax import data, run_dir, train
-from mnist_jax.optim import make_schedule
-from mnist_jax.train import train_and_evaluate
+from mnist_jax.core import data, run_dir
+from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib, state as state_lib, steps as steps_lib
+from mnist_jax.core.optim import make_schedule
+from mnist_jax.engine.loop import train_and_evaluate
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
@@ -24,7 +25,7 @@ def fixed_batch(n=32, seed=0):
 
 def eval_loss(state, batch):
   logits = state.apply_fn({"params": state.params}, data.scale_pixels(batch["image"]))
-  return float(train.cross_entropy(logits, batch["label"]).mean())
+  return float(steps_lib.cross_entropy(logits, batch["label"]).mean())
 
 
 def test_golden_one_step_loss_of_default_cnn():
@@ -34,10 +35,10 @@ def test_golden_one_step_loss_of_default_cnn():
   optimiser moves these numbers (values measured on CPU, float32).
   """
   config = cnn_config.get_config()
-  state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=468)
+  state = state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=468)
   batch = fixed_batch()
   before = eval_loss(state, batch)
-  state, metrics = jax.jit(train.train_step)(state, batch, jax.random.key(1))
+  state, metrics = jax.jit(steps_lib.train_step)(state, batch, jax.random.key(1))
   assert int(state.step) == 1
   assert before == pytest.approx(GOLDEN_EVAL_LOSS_BEFORE, rel=1e-4)
   assert float(metrics["loss_sum"]) / 32 == pytest.approx(GOLDEN_TRAIN_LOSS, rel=1e-4)
@@ -51,8 +52,8 @@ GOLDEN_EVAL_LOSS_AFTER = 2.3376479
 
 def test_train_step_learns_a_fixed_batch():
   config = mlp_config.get_config()
-  state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-  step = jax.jit(train.train_step)
+  state = state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  step = jax.jit(steps_lib.train_step)
   batch = fixed_batch()
   losses = []
   for _ in range(30):
@@ -63,10 +64,10 @@ def test_train_step_learns_a_fixed_batch():
 
 def test_evaluate_counts_every_image_once_with_a_partial_last_batch():
   config = mlp_config.get_config()
-  state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+  state = state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
   raw = fixed_batch(n=250, seed=3)
   split = data.Split(images=raw["image"], labels=raw["label"])
-  result = train.evaluate(state, split, batch_size=100)  # 100 + 100 + 50 (padded)
+  result = eval_lib.evaluate(state, split, batch_size=100)  # 100 + 100 + 50 (padded)
   logits = state.apply_fn({"params": state.params}, data.scale_pixels(raw["image"]))
   expected = float(np.mean(np.argmax(logits, -1) == raw["label"]))
   assert result["count"] == 250
@@ -129,6 +130,6 @@ def test_training_loop_end_to_end_on_mock_data(mocked_mnist, tmp_path):
   assert final["num_params"] == 241_546
 
   # The saved state restores and evaluates to the same numbers.
-  restored = train.restore_and_evaluate(workdir)
+  restored = restore_lib.restore_and_evaluate(workdir)
   assert restored["accuracy"] == pytest.approx(final["test_accuracy"])
   assert restored["loss"] == pytest.approx(final["test_loss"], rel=1e-5)

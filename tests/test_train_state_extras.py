@@ -14,8 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, checkpoint, config as config_lib, data, models, run_dir, train
-from mnist_jax.train import train_and_evaluate
+from mnist_jax import UserError
+from mnist_jax.engine import checkpoint
+from mnist_jax.core import config as config_lib, data, models, run_dir
+from mnist_jax.engine import evaluate as eval_lib, mesh as mesh_lib, restore as restore_lib, state as state_lib, steps as steps_lib
+from mnist_jax.engine.loop import train_and_evaluate
 
 from helpers import assert_same_bits, without_times
 
@@ -64,7 +67,7 @@ def batch_of(split, n=20):
 
 def test_run_keys_keep_the_three_original_keys():
   old = jax.random.split(jax.random.key(3), 3)
-  new = train.run_keys(3)
+  new = state_lib.run_keys(3)
   for name, key in zip(("init", "shuffle", "dropout"), old):
     assert np.array_equal(jax.random.key_data(new[name]), jax.random.key_data(key))
   assert not np.array_equal(jax.random.key_data(new["augment"]),
@@ -72,25 +75,25 @@ def test_run_keys_keep_the_three_original_keys():
 
 
 def test_batch_norm_stats_update_in_training_and_are_used_in_evaluation():
-  state = train.create_train_state(make_config(), jax.random.key(0), 10)
+  state = state_lib.create_train_state(make_config(), jax.random.key(0), 10)
   assert state.batch_stats, "the BN model must have batch statistics"
   split = noise_split(50, 0)
-  state1, _ = jax.jit(train.train_step)(state, batch_of(split), jax.random.key(1))
+  state1, _ = jax.jit(steps_lib.train_step)(state, batch_of(split), jax.random.key(1))
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.batch_stats,
                        state1.batch_stats)
   assert all(jax.tree.leaves(moved))
   # Evaluation applies the running statistics: other statistics, other logits.
   batch = {"image": split.images, "label": split.labels, "mask": np.ones(50, np.float32)}
-  ours = train.eval_step(state1.apply_fn, state1.params, batch, state1.batch_stats)
+  ours = eval_lib.eval_step(state1.apply_fn, state1.params, batch, state1.batch_stats)
   logits = state1.apply_fn({"params": state1.params, "batch_stats": state1.batch_stats},
                            data.scale_pixels(split.images), train=False)
   assert float(ours["correct"]) == float(np.sum(np.argmax(logits, -1) == split.labels))
-  other = train.eval_step(state1.apply_fn, state1.params, batch, state.batch_stats)
+  other = eval_lib.eval_step(state1.apply_fn, state1.params, batch, state.batch_stats)
   assert float(other["loss_sum"]) != pytest.approx(float(ours["loss_sum"]))
 
 
 def test_models_without_batch_norm_have_empty_stats_and_unchanged_checkpoints():
-  state = train.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
+  state = state_lib.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
   assert state.batch_stats == {} and state.ema_params is None
   assert set(checkpoint.state_item(state)) == {"params", "opt_state", "step"}
 
@@ -99,9 +102,9 @@ def test_ema_follows_the_closed_form_and_evaluation_uses_it():
   d = 0.75
   config = mlp_config.get_config()
   config.ema_decay = d
-  state = train.create_train_state(config, jax.random.key(0), 10)
+  state = state_lib.create_train_state(config, jax.random.key(0), 10)
   history = [state.params]
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps_lib.train_step)
   split = noise_split(40, 1)
   for _ in range(3):
     state, _ = step(state, batch_of(split), jax.random.key(0))
@@ -111,10 +114,10 @@ def test_ema_follows_the_closed_form_and_evaluation_uses_it():
       lambda p0, p1, p2, p3: d**3 * p0 + (1 - d) * (d**2 * p1 + d * p2 + p3), *history)
   for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  with_ema = train.evaluate(state, split, 20)
-  as_params = train.evaluate(state.replace(params=state.ema_params, ema_params=None),
+  with_ema = eval_lib.evaluate(state, split, 20)
+  as_params = eval_lib.evaluate(state.replace(params=state.ema_params, ema_params=None),
                              split, 20)
-  raw = train.evaluate(state.replace(ema_params=None), split, 20)
+  raw = eval_lib.evaluate(state.replace(ema_params=None), split, 20)
   assert with_ema == as_params
   assert with_ema["loss"] != pytest.approx(raw["loss"])
 
@@ -126,11 +129,11 @@ def _aug_config(**values):
 
 
 def test_augmentation_off_is_the_plain_step_and_on_is_seeded_per_step():
-  state = train.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
+  state = state_lib.create_train_state(mlp_config.get_config(), jax.random.key(0), 10)
   batch = batch_of(noise_split(20, 2))
 
   def loss(s, aug_rng=None, augment=None):
-    step = jax.jit(functools.partial(train.train_step, augment=augment))
+    step = jax.jit(functools.partial(steps_lib.train_step, augment=augment))
     return float(step(s, batch, jax.random.key(1), aug_rng=aug_rng)[1]["loss_sum"])
 
   plain = loss(state)
@@ -165,12 +168,12 @@ def test_bn_ema_augmented_run_restores_and_resumes_bitwise(tmp_path):
   splits = (noise_split(200, 3), noise_split(50, 4))
   full = str(tmp_path / "full")
   final = train_and_evaluate(config, full, data=splits, verbose=False)
-  restored = train.restore_state(full, config)
-  fresh = train.create_train_state(config, jax.random.key(0), 10)
+  restored = restore_lib.restore_state(full, config)
+  fresh = state_lib.create_train_state(config, jax.random.key(0), 10)
   assert jax.tree.structure(restored.batch_stats) == jax.tree.structure(
       fresh.batch_stats)
   assert restored.ema_params is not None
-  assert train.evaluate(restored, splits[1], 50)["accuracy"] == final["test_accuracy"]
+  assert eval_lib.evaluate(restored, splits[1], 50)["accuracy"] == final["test_accuracy"]
 
   cut = str(tmp_path / "cut")
   train_and_evaluate(config, cut, data=splits, verbose=False)
@@ -181,10 +184,10 @@ def test_bn_ema_augmented_run_restores_and_resumes_bitwise(tmp_path):
   train_and_evaluate(config, cut, data=splits, verbose=False)
   assert (without_times(run_dir.read_metrics(cut))
           == without_times(run_dir.read_metrics(full)))
-  again = train.restore_state(cut, config)
+  again = restore_lib.restore_state(cut, config)
   for field in ("params", "batch_stats", "ema_params", "opt_state"):
-    assert_same_bits(train.to_host(getattr(again, field)),
-                     train.to_host(getattr(restored, field)))
+    assert_same_bits(mesh_lib.to_host(getattr(again, field)),
+                     mesh_lib.to_host(getattr(restored, field)))
 
 
 @pytest.mark.parametrize("key", ["num_epochs", "batch_size", "eval_batch_size",

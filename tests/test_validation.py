@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from mnist_jax import UserError, checkpoint, data, run_dir, train
-from mnist_jax.train import train_and_evaluate
+from mnist_jax import UserError
+from mnist_jax.engine import checkpoint
+from mnist_jax.core import data, run_dir
+from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
+from mnist_jax.engine.loop import train_and_evaluate
 
 from test_train_state_extras import make_config, noise_split
 
@@ -76,13 +79,13 @@ def test_best_val_run_keeps_and_reports_the_best_validation_epoch(tmp_path):
   assert final["selected_epoch"] == best + 1
   assert final["test_accuracy"] == lines[best]["test_accuracy"]
 
-  state = train.restore_state(workdir, config, which="best")
+  state = restore_lib.restore_state(workdir, config, which="best")
   assert int(state.step) == lines[best]["step"]
   _, val_split = data.split_validation(noise_split(300, 5), 100)
-  assert train.evaluate(state, val_split, 50)["accuracy"] == max(val)
+  assert eval_lib.evaluate(state, val_split, 50)["accuracy"] == max(val)
   selection = checkpoint.best_selection(checkpoint.best_manager(workdir))
   assert selection == {"epoch": best + 1, "val_accuracy": max(val)}
-  last = train.restore_state(workdir, config)
+  last = restore_lib.restore_state(workdir, config)
   assert int(last.step) == lines[-1]["step"]
 
 
@@ -92,4 +95,4 @@ def test_best_checkpoint_is_refused_for_runs_that_select_the_last(tmp_path):
   train_and_evaluate(config, workdir, data=(noise_split(40, 1), noise_split(50, 2)),
                      verbose=False)
   with pytest.raises(UserError, match="best_val"):
-    train.restore_state(workdir, config, which="best")
+    restore_lib.restore_state(workdir, config, which="best")

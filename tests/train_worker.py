@@ -18,8 +18,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import mlp  # noqa: E402
-from mnist_jax import data as data_lib, train  # noqa: E402
-from mnist_jax.errors import UserError  # noqa: E402
+from mnist_jax.core import data as data_lib  # noqa: E402
+from mnist_jax.engine import loop as loop_lib, mesh as mesh_lib, restore as restore_lib
+from mnist_jax.core.errors import UserError  # noqa: E402
 
 
 def make_config(overrides):
@@ -43,15 +44,15 @@ def main(workdir, data_path, overrides, restore_from=None, params_out=None):
   config = make_config(json.loads(overrides))
   summary = {"devices": jax.device_count()}
   try:
-    train.check_batch_size(jax.device_count() + 2)  # never a multiple of 3+ devices
+    mesh_lib.check_batch_size(jax.device_count() + 2)  # never a multiple of 3+ devices
   except UserError as e:
     summary["bad_batch_error"] = str(e)
-  final = train.train_and_evaluate(config, workdir, data=load_data(data_path),
+  final = loop_lib.train_and_evaluate(config, workdir, data=load_data(data_path),
                                    verbose=False)
   summary["final"] = {k: v for k, v in final.items() if isinstance(v, (int, float))}
   if restore_from:
-    state = train.restore_state(restore_from, config)
-    leaves = jax.tree_util.tree_leaves_with_path(train.to_host(state.params))
+    state = restore_lib.restore_state(restore_from, config)
+    leaves = jax.tree_util.tree_leaves_with_path(mesh_lib.to_host(state.params))
     np.savez(params_out, **{jax.tree_util.keystr(p): v for p, v in leaves})
   print(json.dumps(summary))
 

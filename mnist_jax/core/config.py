@@ -1,0 +1,154 @@
+"""Defaults shared by every config file, and checks that reject impossible ones.
+
+Config files in configs/ start from `base_config()` and set `config.model`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from mnist_jax.core.errors import UserError
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Training settings common to all models (the model block is left to callers)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_epochs = 10
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  # Train steps per host->device call (K steps run as one lax.scan); > 1 pays
+  # the host's per-call work once per K steps, for models whose step is ~1 ms
+  # (the MLP). Keep 1 for CNNs: on XLA:CPU a scan of convolution steps ran
+  # 7x slower than separate calls (docs/performance.md).
+  config.steps_per_dispatch = 1
+  config.label_smoothing = 0.0
+  # Evaluate with an exponential moving average of the weights, updated each
+  # step as ema = d * ema + (1 - d) * params; 0 = off.
+  config.ema_decay = 0.0
+  # Which epoch a run reports and keeps for evaluation: 'last', or 'best_val'
+  # (highest validation accuracy; needs data.validation_size > 0).
+  config.select = "last"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.train_split = "train"  # any tfds split string, e.g. "train[:10%]"
+  config.data.test_split = "test"
+  # The last N images of the training split (tfds's fixed order) are held out
+  # for validation: every choice uses them, never the test set. 0 = none.
+  config.data.validation_size = 0
+
+  # On-device augmentation of the training images, inside the jitted step
+  # (mnist_jax/augment.py); per-image parameters drawn uniformly.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = False
+  config.augment.rotation_deg = 0.0  # in [-r, r]
+  config.augment.translate_frac = 0.0  # shift in [-t, t] * image size, x and y
+  config.augment.scale_min = 1.0  # zoom factor in [scale_min, scale_max]
+  config.augment.scale_max = 1.0
+  config.augment.elastic_alpha = 0.0  # elastic distortion strength (pixels); 0 = off
+  config.augment.elastic_sigma = 4.0  # smoothing of the displacement field (pixels)
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"  # sgd | adam | adamw
+  config.optimizer.learning_rate = 1e-3  # peak rate of the schedule
+  config.optimizer.momentum = 0.9  # sgd only
+  config.optimizer.nesterov = False  # sgd only
+  config.optimizer.weight_decay = 0.0  # adamw (decoupled) only
+  config.optimizer.schedule = "cosine"  # constant | cosine | onecycle | exponential
+  config.optimizer.warmup_epochs = 0.0  # cosine only
+  config.optimizer.decay_per_epoch = 0.98  # exponential only
+
+  # Checkpoints of the full train state; a run restarted on its workdir resumes.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 200  # also at each epoch end; 0: epoch ends only
+  config.checkpoint.max_to_keep = 3
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects settings that cannot train, with a sentence saying what to change."""
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
+    if key in config and int(config[key]) < 1:
+      raise UserError(f"config.{key} = {config[key]}: it must be at least 1.")
+  if config.optimizer.learning_rate <= 0:
+    raise UserError(f"config.optimizer.learning_rate = "
+                    f"{config.optimizer.learning_rate}: it must be positive.")
+  if int(config.checkpoint.every_steps) < 0:
+    raise UserError(f"config.checkpoint.every_steps = {config.checkpoint.every_steps}: "
+                    "use 0 (epoch ends only) or a positive number of steps.")
+  if int(config.checkpoint.max_to_keep) < 1:
+    raise UserError(f"config.checkpoint.max_to_keep = {config.checkpoint.max_to_keep}: "
+                    "keep at least 1 checkpoint.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise UserError(f"config.label_smoothing = {config.label_smoothing}: use a "
+                    "value in [0, 1).")
+  _validate_selection(config)
+  if "augment" in config:
+    validate_augment(config.augment)
+
+
+def _validate_selection(config: ml_collections.ConfigDict) -> None:
+  ema = config.get("ema_decay", 0.0)
+  if not 0.0 <= ema < 1.0:
+    raise UserError(f"config.ema_decay = {ema}: use a value in [0, 1) "
+                    "(0 = no moving average).")
+  size = config.data.get("validation_size", 0)
+  if int(size) != size or size < 0:
+    raise UserError(f"config.data.validation_size = {size}: use a whole number "
+                    ">= 0 (0 = no validation split).")
+  select = config.get("select", "last")
+  if select not in ("last", "best_val"):
+    raise UserError(f"config.select = {select!r}: use 'last' or 'best_val'.")
+  if select == "best_val" and size == 0:
+    raise UserError("config.select = 'best_val' needs a validation split: set "
+                    "config.data.validation_size (e.g. 5000).")
+
+
+def validate_augment(aug: ml_collections.ConfigDict) -> None:
+  """Rejects augmentation settings that are negative or out of range."""
+  for key in ("rotation_deg", "translate_frac", "elastic_alpha"):
+    if aug[key] < 0:
+      raise UserError(f"config.augment.{key} = {aug[key]}: it must be >= 0 "
+                      "(0 turns it off).")
+  if aug.rotation_deg > 180:
+    raise UserError(f"config.augment.rotation_deg = {aug.rotation_deg}: use at "
+                    "most 180 degrees.")
+  if aug.translate_frac >= 1:
+    raise UserError(f"config.augment.translate_frac = {aug.translate_frac}: use "
+                    "a fraction of the image size below 1 (e.g. 0.1).")
+  if not 0 < aug.scale_min <= aug.scale_max:
+    raise UserError(f"config.augment.scale_min/scale_max = {aug.scale_min}/"
+                    f"{aug.scale_max}: use 0 < scale_min <= scale_max.")
+  if aug.elastic_sigma <= 0:
+    raise UserError(f"config.augment.elastic_sigma = {aug.elastic_sigma}: it "
+                    "must be positive.")
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file; a relative path is taken from the repo root."""
+  full = path if os.path.isabs(path) else os.path.join(_REPO_ROOT, path)
+  if not os.path.isfile(full):
+    raise UserError(f"config file {full} not found: give a path under configs/.")
+  spec = importlib.util.spec_from_file_location("config_file", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> None:
+  """Sets dotted fields ('optimizer.learning_rate'); an unknown field is an error."""
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    if leaf not in node:
+      raise UserError(f"override {dotted!r}: the config has no such field.")
+    node[leaf] = value

@@ -1,0 +1,228 @@
+"""Small building blocks shared by the models."""
+
+from __future__ import annotations
+
+import functools
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnist_jax.core.errors import UserError
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "elu": nn.elu,
+    "silu": nn.silu,
+}
+POOLINGS = ("max", "avg", "none")
+
+
+def activation(name: str):
+  """The activation function called `name`."""
+  if name not in ACTIVATIONS:
+    raise UserError(f"unknown activation {name!r}: use one of "
+                    f"{', '.join(sorted(ACTIVATIONS))}.")
+  return ACTIVATIONS[name]
+
+
+def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
+  """Non-overlapping `window`x`window` pooling with VALID padding.
+
+  Max pooling is the elementwise maximum of the window*window strided views,
+  not nn.max_pool or a reshape + max: on the project's CPU the gradient of
+  nn.max_pool (select_and_scatter) took 42-46 ms per 128x28x28x32 batch, a
+  reshape + max 4.5-17 ms (depending on what XLA fuses around it), and the
+  strided views 2-3 ms (docs/performance.md). The outputs are identical;
+  gradients too, except that a tie inside a window splits its gradient
+  unevenly (ties happen between ReLU zeros, whose gradient is zero anyway).
+  """
+  if kind == "none" or window == 1:
+    return x_BxHxWxC
+  b, h, w, c = x_BxHxWxC.shape
+  ho, wo = h // window, w // window
+  x = x_BxHxWxC[:, :ho * window, :wo * window, :]  # VALID: drop the ragged edge
+  if kind == "max":
+    views = [x[:, i::window, j::window, :] for i in range(window)
+             for j in range(window)]
+    return functools.reduce(jnp.maximum, views)
+  if kind == "avg":
+    return x.reshape(b, ho, window, wo, window, c).mean(axis=(2, 4))
+  raise UserError(f"unknown pooling {kind!r}: use one of {', '.join(POOLINGS)}.")
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """The project's batch norm: running statistics in eval mode."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+                      name=name)
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter tree."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+# xla: lax.conv_general_dilated and its XLA gradients. im2col: patches + one
+# matmul. xla_chunked: XLA's convolution and input gradient, with the kernel
+# gradient summed over chunks of the batch (fast on XLA:CPU). auto: xla_chunked
+# on the CPU backend, xla elsewhere. All the same function, same parameters.
+CONV_IMPLS = ("auto", "xla", "im2col", "xla_chunked")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+  """(low, high) padding of 'SAME': output ceil(size / stride), extra at the high end."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def im2col_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
+                stride: int) -> jax.Array:
+  """'SAME' convolution as k*k shifted slices concatenated on channels, one matmul.
+
+  The same function as lax.conv_general_dilated (NHWC, HWIO); its gradients are
+  a matmul plus slice-adds instead of XLA's convolution gradients, which run far
+  below matmul speed on some CPUs (docs/performance.md has the measurements).
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  k, f = kernel_KxKxCxF.shape[0], kernel_KxKxCxF.shape[-1]
+  (ht, hb), (wl, wr) = same_padding(h, k, stride), same_padding(w, k, stride)
+  x = jnp.pad(x_BxHxWxC, ((0, 0), (ht, hb), (wl, wr), (0, 0)))
+  oh, ow = -(-h // stride), -(-w // stride)
+  views = [x[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+           for i in range(k) for j in range(k)]  # row-major (i, j): matches HWIO
+  patches_NxKKC = jnp.concatenate(views, axis=-1).reshape(b * oh * ow, k * k * c)
+  out_NxF = patches_NxKKC @ kernel_KxKxCxF.reshape(k * k * c, f)
+  return out_NxF.reshape(b, oh, ow, f)
+
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+# Images per chunk of the kernel gradient in `xla_chunked_conv`. XLA:CPU's
+# kernel gradient of a 3x3 'SAME' conv over 128 images of 14x14x32 -> 64 took
+# 29 ms; as 16 sums over 8 images, 9 ms (docs/performance.md has the sweep).
+KERNEL_GRAD_CHUNK = 8
+
+
+def xla_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
+             stride: int) -> jax.Array:
+  """'SAME' convolution (NHWC, HWIO) as XLA's convolution op."""
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxF, (stride, stride),
+                                      "SAME", dimension_numbers=_DIMENSIONS)
+
+
+def one_call_per_member(fn):
+  """`fn(*arrays)`, whose jax.vmap makes one call per member instead of one batched op.
+
+  vmap of a convolution over its kernel (several seeds' models in one program,
+  mnist_jax/multiseed.py) becomes a grouped convolution, which XLA:CPU runs far
+  slower than the same convolutions one by one (docs/performance.md). The
+  members' calls are unrolled at trace time and are independent, so XLA may
+  run them side by side.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def call(*arrays):
+    return fn(*arrays)
+
+  @call.def_vmap
+  def _per_member(axis_size, in_batched, *arrays):
+    def member(i):
+      return call(*[a[i] if batched else a for a, batched in zip(arrays, in_batched)])
+    return jnp.stack([member(i) for i in range(axis_size)]), True
+
+  return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
+                     stride: int) -> jax.Array:
+  """`xla_conv` whose kernel gradient is summed over chunks of the batch.
+
+  Forward and input gradient are XLA's; the kernel gradient is XLA's too, but
+  computed per chunk of KERNEL_GRAD_CHUNK images and summed, which XLA:CPU
+  runs several times faster than one kernel gradient over the whole batch.
+  Under jax.vmap every piece runs once per member (`one_call_per_member`).
+  """
+  return _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride)
+
+
+def _conv_forward(x, kernel, stride):
+  return one_call_per_member(lambda x, k: xla_conv(x, k, stride))(x, kernel)
+
+
+def conv_input_grad(x, kernel, g, stride):
+  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride), x)
+  return input_vjp(g)[0]
+
+
+def chunked_kernel_grad(x, kernel, g, stride):
+  dkernel = jnp.zeros_like(kernel)
+  for start in range(0, x.shape[0], KERNEL_GRAD_CHUNK):  # unrolled at trace time
+    end = start + KERNEL_GRAD_CHUNK
+    _, kernel_vjp = jax.vjp(lambda k: xla_conv(x[start:end], k, stride), kernel)
+    dkernel = dkernel + kernel_vjp(g[start:end])[0]
+  return dkernel
+
+
+def _chunked_conv_fwd(x, kernel, stride):
+  return _conv_forward(x, kernel, stride), (x, kernel)
+
+
+def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
+  x, kernel = residuals
+  per_member = lambda grad: one_call_per_member(
+      functools.partial(grad, stride=stride))(x, kernel, g_BxOHxOWxF)
+  return per_member(conv_input_grad), per_member(chunked_kernel_grad)
+
+
+xla_chunked_conv.defvjp(_chunked_conv_fwd, _chunked_conv_bwd)
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> the fastest measured implementation for the current backend."""
+  if impl == "auto":
+    return "xla_chunked" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+class Conv(nn.Module):
+  """A square 'SAME' nn.Conv with a choice of implementation; same params, same function.
+
+  Parameters are `kernel` (k, k, C, F) and `bias` (F,) with nn.Conv's
+  initialisers, so checkpoints and seeds carry over between `impl`s.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    k, c = self.kernel_size, x_BxHxWxC.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, c, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                      jnp.float32)
+    impl = resolve_conv_impl(self.impl)
+    if impl == "xla":
+      y = xla_conv(x_BxHxWxC, kernel, self.stride)
+    elif impl == "im2col":
+      y = im2col_conv(x_BxHxWxC, kernel, self.stride)
+    elif impl == "xla_chunked":
+      y = xla_chunked_conv(x_BxHxWxC, kernel, self.stride)
+    else:
+      raise UserError(f"unknown conv_impl {self.impl!r}: use one of "
+                      f"{', '.join(CONV_IMPLS)}.")
+    return y + bias
+
+
+# Which modules are convolutions, for code that inspects a model (parameter and
+# multiply-add counts, feature-map capture): weight-sharing ones, then all.
+SHARED_CONVS = (nn.Conv, Conv)
+CONV_MODULES = SHARED_CONVS + (nn.ConvLocal,)

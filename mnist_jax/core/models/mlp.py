@@ -1,0 +1,41 @@
+"""A fully connected network: every input connects to every output, no sharing.
+
+The article's model is Flatten(28x28) -> Dense(128, ReLU) -> Dense(10):
+784*128 + 128 = 100,480 and 128*10 + 10 = 1,290 parameters, 101,770 in all.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from mnist_jax.core.models import register
+from mnist_jax.core.models.layers import activation
+
+
+class MLP(nn.Module):
+  """Flatten -> [Dense(h), activation, dropout] per hidden size -> Dense(classes)."""
+
+  hidden_features: Sequence[int] = (128,)
+  activation: str = "relu"
+  dropout_rate: float = 0.0
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
+    x = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    for width in self.hidden_features:
+      x = activation(self.activation)(nn.Dense(width)(x))
+      if self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)  # logits; softmax lives in the loss
+
+
+@register("mlp")
+def build_mlp(cfg: ml_collections.ConfigDict) -> MLP:
+  activation(cfg.activation)  # validates the name now, not at first call
+  return MLP(hidden_features=tuple(cfg.hidden_features), activation=cfg.activation,
+             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes)

@@ -1,0 +1,77 @@
+"""Devices and shardings.
+
+Batches are sharded over every device (of every process) along a 'data'
+mesh axis and the state is replicated; one device is just a mesh of size one.
+Each process puts only its own rows of a batch on its devices.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mnist_jax.core.errors import UserError
+from mnist_jax.engine.steps import Batch
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices; Auto axes, as Explicit ones break Linen Dropout."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(batch_size: int, name: str = "batch_size") -> None:
+  n = jax.device_count()
+  if batch_size % n:
+    works = [batch_size - batch_size % n, batch_size + n - batch_size % n]
+    raise UserError(
+        f"config.{name} = {batch_size} does not split evenly over {n} devices: "
+        f"use a multiple of {n} (e.g. {works[0] or n} or {works[1]}).")
+
+
+def _process_rows(x: np.ndarray, sharding: NamedSharding) -> np.ndarray:
+  """The rows of the global array `x` that this process's devices hold, in order."""
+  spans = {(idx[0].start or 0, x.shape[0] if idx[0].stop is None else idx[0].stop)
+           for idx in sharding.addressable_devices_indices_map(x.shape).values()}
+  return np.concatenate([x[a:b] for a, b in sorted(spans)])
+
+
+def shard_batch(arrays: Dict[str, np.ndarray], mesh) -> Batch:
+  """A global host batch -> arrays split along the batch axis over all devices.
+
+  Every process holds the same global batch (MNIST fits in memory) and hands
+  JAX only the rows its own devices hold.
+  """
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(
+              sharding, _process_rows(np.asarray(v), sharding), np.shape(v))
+          for k, v in arrays.items()}
+
+
+def shard_steps(idx_KxB: np.ndarray, mesh) -> jax.Array:
+  """K batches' indices, each row split over the devices like `shard_batch`."""
+  idx_KxB = np.asarray(idx_KxB)
+  return jax.make_array_from_callback(idx_KxB.shape, NamedSharding(mesh, P(None, "data")),
+                                      lambda index: idx_KxB[index])
+
+
+def replicate(tree, mesh):
+  """The same value on every device; every process must pass equal values."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      sharding, np.asarray(x), np.shape(x)), tree)
+
+
+def to_host(tree):
+  """Replicated device values -> numpy, read from this process's first copy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def describe_devices() -> str:
+  return (f"JAX {jax.__version__}, backend {jax.default_backend()}, "
+          f"{jax.device_count()} device(s) in {jax.process_count()} process(es): "
+          f"{', '.join(str(d) for d in jax.devices())}")

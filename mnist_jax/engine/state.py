@@ -1,0 +1,81 @@
+"""The train state and what a run derives from its config and seed."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import struct
+from flax.training import train_state
+
+from mnist_jax.core import data as data_lib
+from mnist_jax.core.errors import UserError
+from mnist_jax.core.models import build_model
+from mnist_jax.core.optim import make_optimizer, make_schedule
+
+
+class TrainState(train_state.TrainState):
+  """params, opt_state and step (flax's TrainState); apply_fn and tx are static.
+
+  batch_stats: batch norm running statistics ({} for models without batch norm).
+  ema_params: moving average of params, used for evaluation (None when off);
+  ema_decay (static) is its decay.
+  """
+  batch_stats: Any = struct.field(default_factory=dict)
+  ema_params: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+
+def eval_params(state: TrainState):
+  """The weights evaluation uses: the moving average when there is one."""
+  return state.params if state.ema_params is None else state.ema_params
+
+
+def run_keys(seed: int) -> Dict[str, jax.Array]:
+  """The named keys a run derives from its seed.
+
+  split(key, 4)'s first three keys equal split(key, 3)'s (tested), so the
+  init, shuffle and dropout keys are the ones runs had before 'augment' existed.
+  """
+  names = ("init", "shuffle", "dropout", "augment")
+  return dict(zip(names, jax.random.split(jax.random.key(seed), len(names))))
+
+
+def variables(params, batch_stats=None) -> Dict:
+  """The variables for `apply`: batch_stats only for models that have them."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
+      "params": params}
+
+
+def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
+                       steps_per_epoch: int) -> TrainState:
+  """Fresh parameters and optimiser state for `config`."""
+  model = build_model(config.model)
+  dummy = jnp.zeros((1,) + data_lib.IMAGE_SHAPE, jnp.float32)
+  init = model.init(init_rng, dummy, train=False)
+  params = init["params"]
+  schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+  tx = make_optimizer(config.optimizer, schedule)
+  ema_decay = float(config.get("ema_decay", 0.0))  # runs saved before EMA lack it
+  # A copy, not the same arrays: the step donates the state's buffers.
+  ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=init.get("batch_stats", {}),
+                           ema_params=ema, ema_decay=ema_decay)
+
+
+def step_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The config's settings that `train_step` takes besides state, batch, keys."""
+  return {"label_smoothing": config.label_smoothing,
+          "augment": config.get("augment")}
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+  steps = num_train // config.batch_size
+  if steps < 1:
+    raise UserError(
+        f"config.batch_size = {config.batch_size} is larger than the "
+        f"{num_train} training images: use a smaller batch size.")
+  return steps

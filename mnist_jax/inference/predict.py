@@ -1,0 +1,116 @@
+"""Recognise digits in a user's own image files with a trained run.
+
+`predict_files` reads each file (mnist_jax.digits), runs the model once on all
+the good ones and returns one result per path, in order; a bad file becomes a
+result with an `error`, so one broken file never stops the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from mnist_jax.inference import digits, trained as trained_lib
+from mnist_jax.core.errors import UserError
+from mnist_jax.inference.trained import TrainedModel
+
+
+@dataclasses.dataclass
+class Prediction:
+  path: str
+  image: Optional[np.ndarray] = None  # 28x28x1 uint8, as the network saw it
+  probs: Optional[np.ndarray] = None  # (10,) softmax output
+  error: Optional[str] = None
+
+  def top(self, k: int) -> List[Tuple[int, float]]:
+    """The k most probable digits with their probabilities, best first."""
+    order = np.argsort(-self.probs)[:k]
+    return [(int(d), float(self.probs[d])) for d in order]
+
+  def to_json(self, k: int) -> dict:
+    if self.error:
+      return {"path": self.path, "error": self.error}
+    digit, prob = self.top(1)[0]
+    return {"path": self.path, "digit": digit, "probability": prob,
+            "top": [{"digit": d, "probability": p} for d, p in self.top(k)]}
+
+
+def expand_paths(paths: Iterable[str]) -> List[str]:
+  """Files as given; a folder becomes its files (not sub-folders), sorted by name."""
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+      out += [os.path.join(path, n) for n in names
+              if not os.path.isdir(os.path.join(path, n))]
+    else:
+      out.append(path)
+  if not out:
+    raise UserError("no image files given: pass image files or folders of images.")
+  return out
+
+
+def read_all(paths: List[str], preprocess: bool = True) -> List[Prediction]:
+  """Each path's 28x28 image, or its error message."""
+  results = []
+  for path in paths:
+    try:
+      results.append(Prediction(path, image=digits.load_digit(path, preprocess)))
+    except UserError as e:
+      results.append(Prediction(path, error=str(e)))
+  return results
+
+
+def predict_files(trained: TrainedModel, paths: List[str],
+                  preprocess: bool = True) -> List[Prediction]:
+  """One Prediction per path (folders expanded), in order."""
+  results = read_all(expand_paths(paths), preprocess)
+  good = [r for r in results if r.error is None]
+  if good:
+    probs = trained.probabilities(np.stack([r.image for r in good]),
+                                  batch_size=len(good))
+    for r, p in zip(good, probs):
+      r.probs = p
+  return results
+
+
+def describe(result: Prediction, k: int = 1) -> str:
+  """`path: The number is probably a 5 (97.3%)`, plus the top k if k > 1."""
+  digit, prob = result.top(1)[0]
+  line = f"{result.path}: The number is probably a {digit} ({prob:.1%})"
+  if k > 1:
+    line += "; top " + str(k) + ": " + ", ".join(
+        f"{d} ({p:.1%})" for d, p in result.top(k))
+  return line
+
+
+def save_figure(results: List[Prediction], path: str) -> None:
+  from mnist_jax.inference import figures  # matplotlib: only when a figure is asked for
+  good = [r for r in results if r.error is None]
+  if not good:
+    return
+  titles = [f"{os.path.basename(r.path)[:18]}\n{r.top(1)[0][0]} ({r.top(1)[0][1]:.0%})"
+            for r in good]
+  figures.save(figures.prediction_grid(np.stack([r.image for r in good]), titles), path)
+
+
+def report_predictions(workdir: str, paths: List[str], top: int = 1,
+                       as_json: bool = False, figure: Optional[str] = None,
+                       preprocess: bool = True) -> int:
+  """Prints one line (or JSON) per file; exit status 1 if any file failed."""
+  results = predict_files(trained_lib.load(workdir), paths, preprocess)
+  for r in results:
+    if r.error:
+      print(f"error: {r.error}", file=sys.stderr)
+    elif not as_json:
+      print(describe(r, top))
+  if as_json:
+    print(json.dumps([r.to_json(top) for r in results], indent=2))
+  if figure:
+    save_figure(results, figure)
+  return 1 if any(r.error for r in results) else 0

@@ -1,0 +1,88 @@
+"""A trained run, restored for looking inside and predicting: `load(workdir)`.
+
+Holds the model and the parameters evaluation uses (the moving average when
+the run kept one; the optimiser state is dropped), its batch norm statistics
+if it has any, and gives probabilities for uint8 images and the feature maps
+of each conv stage. A run that selects by validation accuracy loads its best
+epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, List, Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax.core import data as data_lib, run_dir
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.layers import CONV_MODULES, activation
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  params: Dict
+  batch_stats: Dict = dataclasses.field(default_factory=dict)  # {}: no batch norm
+
+  @property
+  def conv_stages(self) -> List[str]:
+    """Names of the conv layers in order ('conv0', ...); [] for a dense model."""
+    names = [k for k in self.params if k.startswith("conv")]
+    return sorted(names, key=lambda k: int(k[len("conv"):]))
+
+  def first_kernels(self) -> np.ndarray:
+    """The first conv layer's kernels, KxKxCinxF."""
+    return np.asarray(self.params[self.conv_stages[0]]["kernel"])
+
+  def probabilities(self, images_NxHxWx1: np.ndarray,
+                    batch_size: Optional[int] = None) -> np.ndarray:
+    """Softmax outputs NxC for uint8 images, in batches of one compiled shape."""
+    batch_size = batch_size or int(self.config.eval_batch_size)
+    split = data_lib.Split(images_NxHxWx1, np.zeros(len(images_NxHxWx1), np.int32))
+    probs = [np.asarray(_softmax(self.model, self.params, self.batch_stats,
+                                 images))[mask > 0]
+             for images, _, mask in data_lib.eval_batches(split, batch_size)]
+    return np.concatenate(probs)
+
+  def feature_maps(self, image_HxWx1: np.ndarray) -> List[np.ndarray]:
+    """Each conv stage's output after its activation (before pooling), HxWxF.
+
+    Captured with flax's capture_intermediates, so the model is unchanged; the
+    activation is applied here because in the model it is a function, not a
+    submodule whose output could be captured.
+    """
+    x = data_lib.scale_pixels(image_HxWx1[None])
+    _, state = self.model.apply(
+        _variables(self.params, self.batch_stats), x, train=False,
+        capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
+    acts = self.config.model.activations
+    return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
+            for i, name in enumerate(self.conv_stages)]
+
+
+def _variables(params: Dict, batch_stats: Dict) -> Dict:
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
+      "params": params}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _softmax(model: nn.Module, params: Dict, batch_stats: Dict, images_uint8):
+  logits_BxC = model.apply(_variables(params, batch_stats),
+                           data_lib.scale_pixels(images_uint8), train=False)
+  return jax.nn.softmax(logits_BxC)
+
+
+def load(workdir: str) -> TrainedModel:
+  """The run's config, model and selected checkpoint's evaluation parameters."""
+  from mnist_jax.engine import restore as restore_lib, state as state_lib
+  config = run_dir.read_config(workdir)
+  state = restore_lib.restore_state(workdir, config, which=restore_lib.selected_checkpoint(config))
+  return TrainedModel(config, build_model(config.model),
+                      jax.device_get(state_lib.eval_params(state)),
+                      jax.device_get(state.batch_stats))

@@ -1,0 +1,71 @@
+"""Study results read back from run directories only (never from logs).
+
+Statistics over seeds are the mean and the sample standard deviation
+(ddof=1, the n-1 estimator); with one seed the std is undefined (NaN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional
+
+
+from mnist_jax.core import run_dir
+from mnist_jax.studies.spec import Point, Preset, Study, point_dir, run_workdir
+from mnist_jax.studies.stats import MeanStd, mean_std
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  seed: int
+  workdir: str
+  metrics: List[Dict]  # metrics.jsonl, one dict per epoch
+  extras: Dict  # extras.json
+  select: str = "last"  # config.select: which epoch the run reports
+
+  @property
+  def final(self) -> Dict:
+    """The reported epoch: the last, or the best validation epoch's."""
+    return self.metrics[run_dir.selected_index(self.metrics, self.select)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PointResult:
+  point: Point
+  runs: List[RunResult]  # finished runs only
+  rejected: Optional[str] = None  # why the config is impossible
+
+  def final(self, key: str) -> MeanStd:
+    """A final (reported-epoch) metric over seeds."""
+    return mean_std([r.final[key] for r in self.runs])
+
+  def extra(self, key: str) -> MeanStd:
+    return mean_std([r.extras[key] for r in self.runs if key in r.extras])
+
+  def curve(self, key: str) -> List[MeanStd]:
+    """A metric per epoch over seeds (epochs all finished runs share)."""
+    epochs = min(len(r.metrics) for r in self.runs)
+    return [mean_std([r.metrics[e][key] for r in self.runs]) for e in range(epochs)]
+
+
+def read_run(workdir: str, seed: int) -> Optional[RunResult]:
+  """The run in `workdir` if it finished all its epochs, else None."""
+  if not os.path.isfile(os.path.join(workdir, run_dir.CONFIG_FILE)):
+    return None
+  config = run_dir.read_config(workdir)
+  if not run_dir.is_finished(workdir, config.num_epochs):
+    return None
+  metrics = run_dir.read_metrics(workdir)[:config.num_epochs]
+  return RunResult(seed, workdir, metrics, run_dir.read_extras(workdir),
+                   config.get("select", "last"))
+
+
+def collect(study: Study, preset: Preset, study_dir: str) -> List[PointResult]:
+  """Each point of the study with its finished runs (or its rejection)."""
+  results = []
+  for point in study.points:
+    reason = run_dir.read_rejection(point_dir(study_dir, point))
+    runs = [read_run(run_workdir(study_dir, point, s), s) for s in preset.seeds]
+    results.append(PointResult(point, [r for r in runs if r], reason))
+  return results

@@ -1,0 +1,161 @@
+"""A study: named points (config overrides on a config file) x seeds.
+
+Each run trains in its own directory `<study_dir>/<point>/seed_<k>`. A run is
+finished when its metrics.jsonl holds all `num_epochs` epochs; running a study
+again skips finished runs and resumes an unfinished one from its newest
+checkpoint (train_and_evaluate does that), so an interrupted study is resumed
+by running the same command. A point whose config
+the model check rejects (an impossible architecture) is recorded as rejected,
+not trained. MNIST is loaded once per study and shared by all its runs.
+With `vmap_seeds`, the seeds of a point that none has started yet train
+together in one vmapped program (mnist_jax/multiseed.py), each seed's result
+equal to its separate run; a run found half-done is resumed on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+
+from mnist_jax.core import data as data_lib, run_dir
+from mnist_jax.engine import multiseed
+from mnist_jax.studies.spec import (Point, Preset, Run, Study, point_config, point_dir,
+                                     run_workdir)
+from mnist_jax.core.errors import UserError
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.cost import model_cost
+
+
+def rejection(point: Point, preset: Preset) -> Optional[str]:
+  """Why the point's config is impossible, or None if it builds."""
+  try:
+    build_model(point_config(point, preset, preset.seeds[0]).model)
+  except UserError as e:
+    return str(e)
+  return None
+
+
+def plan(study: Study, preset: Preset, study_dir: str) -> List[Run]:
+  """Every run of the study (rejected points excluded), seeds outermost so that
+  an interrupted study has every point at its first seeds."""
+  ok = [p for p in study.points if rejection(p, preset) is None]
+  return [Run(p, seed, run_workdir(study_dir, p, seed), point_config(p, preset, seed))
+          for seed in preset.seeds for p in ok]
+
+
+def _same_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  saved = run_dir.read_config(workdir).to_dict()
+  return not run_dir.config_differences(saved, run_dir.config_as_dict(config))
+
+
+def is_finished(run: Run) -> bool:
+  """All epochs are in metrics.jsonl, and the run is of this very config."""
+  if not run_dir.is_finished(run.workdir, run.config.num_epochs):
+    return False
+  if not _same_config(run.workdir, run.config):
+    raise UserError(f"{run.workdir} holds a finished run of another config: "
+                    "use another --out folder for a changed study or preset.")
+  return True
+
+
+def record_extras(run: Run, compile_time_s: Optional[float] = None) -> Dict:
+  """Writes what tables need beyond metrics.jsonl into the run's extras.json."""
+  metrics = run_dir.read_metrics(run.workdir)
+  device = jax.devices()[0]
+  extras = dict(model_cost(run.config.model),
+                train_time_s=sum(m["train_time_s"] for m in metrics),
+                total_epoch_time_s=sum(m["epoch_time_s"] for m in metrics),
+                device=(f"{jax.device_count()} x {device.device_kind} "
+                        f"({device.platform}), {os.cpu_count()} host cores"))
+  if compile_time_s is not None:
+    extras["compile_time_s"] = compile_time_s
+  return run_dir.update_extras(run.workdir, **extras)
+
+
+def fresh_seed_groups(runs: Sequence[Run]) -> List[List[Run]]:
+  """Per point, its runs that have not started, when there are two or more and
+  multiseed can train them (it has no validation split)."""
+  groups: Dict[str, List[Run]] = {}
+  for run in runs:
+    if not os.path.exists(run.workdir):
+      groups.setdefault(run.point.name, []).append(run)
+  return [group for group in groups.values() if len(group) > 1
+          and multiseed.supports(group[0].config)]
+
+
+def _train_together(group: Sequence[Run], load_data, log, study_name: str) -> None:
+  seeds = [r.seed for r in group]
+  log(f"[{study_name}] {group[0].point.name} seeds {seeds}: training together (vmap)")
+  finals = multiseed.train_seeds(group[0].config, seeds, [r.workdir for r in group],
+                                 data=load_data(), verbose=False)
+  for run, final in zip(group, finals):
+    record_extras(run, final["compile_time_s"])
+    run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
+  log(f"[{study_name}] {group[0].point.name}: test accuracy per seed "
+      f"{[round(f['test_accuracy'], 4) for f in finals]}")
+
+
+def _splits(runs: Sequence[Run]) -> tuple:
+  splits = {(r.config.data.train_split, r.config.data.test_split) for r in runs}
+  if len(splits) > 1:
+    raise UserError(f"study points use different data splits {sorted(splits)}: "
+                    "one study loads MNIST once, so give every point the same.")
+  return splits.pop()
+
+
+AfterRun = Callable[[Run, Callable[[], tuple]], None]
+
+
+def run_study(study: Study, preset: Preset, study_dir: str, *,
+              mnist_dir: Optional[str] = None, train_fn: Optional[Callable] = None,
+              after_run: Optional[AfterRun] = None, log: Callable = print,
+              vmap_seeds: bool = False) -> List[Run]:
+  """Trains every unfinished run of the study; returns all runs.
+
+  `after_run(run, load_data)` is called for every finished run, old or new
+  (e.g. to evaluate it further); `load_data()` gives the shared (train, test).
+  `vmap_seeds` trains each point's not-yet-started seeds in one program.
+  """
+  if train_fn is None:
+    from mnist_jax.engine.loop import train_and_evaluate as train_fn
+  for point in study.points:
+    reason = rejection(point, preset)
+    if reason is not None:
+      log(f"[{study.name}] {point.name}: impossible config, not trained: {reason}")
+      run_dir.write_rejection(point_dir(study_dir, point), reason)
+  runs = plan(study, preset, study_dir)
+  cache = {}
+
+  def load_data():
+    if "data" not in cache:  # loaded once, and only if something needs it
+      train_split, test_split = _splits(runs)
+      cache["data"] = data_lib.load_mnist(mnist_dir, train_split=train_split,
+                                          test_split=test_split)
+    return cache["data"]
+
+  together = fresh_seed_groups(runs) if vmap_seeds else []
+  for group in together:
+    _train_together(group, load_data, log, study.name)
+  together_dirs = {run.workdir for group in together for run in group}
+  for i, run in enumerate(runs, start=1):
+    tag = f"[{study.name} {i}/{len(runs)}] {run.point.name} seed {run.seed}"
+    if run.workdir in together_dirs:
+      pass  # trained above, with its point's other seeds
+    elif is_finished(run):
+      log(f"{tag}: finished before, skipped")
+      if not run_dir.read_extras(run.workdir).get("num_params"):
+        record_extras(run)
+    else:
+      if os.path.exists(run.workdir):
+        # train_and_evaluate resumes it from its newest checkpoint: no work lost.
+        log(f"{tag}: unfinished run found, resuming it")
+      log(f"{tag}: training")
+      final = train_fn(run.config, run.workdir, data=load_data(), verbose=False)
+      record_extras(run, final.get("compile_time_s"))
+      log(f"{tag}: test accuracy {final['test_accuracy']:.4f}")
+    if after_run is not None:
+      after_run(run, load_data)
+  return runs

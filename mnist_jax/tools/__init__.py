@@ -1,0 +1,1 @@
+"""Tools: the benchmark harness (images/s, FLOPs, per-op timings)."""

@@ -1,0 +1,325 @@
+r"""Throughput benchmark: `python -m mnist_jax.benchmark [flags]`.
+
+  python -m mnist_jax.benchmark --configs configs/mlp.py,configs/cnn.py \
+      --variants model.conv_impl=xla,im2col --out runs/benchmark.csv
+
+For each config (and each variant of one config field, for an A/B test):
+training-step and evaluation images/s, compile time, model FLOPs per image,
+achieved GFLOP/s and that as a fraction of an f32 matmul rate measured in the
+same process on the same backend. All cases are compiled first, then timed in
+interleaved rounds (A, B, A, B, ...) and the median round is reported, so a
+noisy shared machine slows every variant alike. Warm-up calls are excluded and
+every timing ends in `block_until_ready`, so it measures the device, on CPU,
+GPU or TPU alike. `--seeds N` also times one vmapped step over N seeds
+(mnist_jax/multiseed.py) against N separate steps. `--e2e_split` also runs
+`train_and_evaluate` for two epochs on that slice of MNIST, to compare the
+second epoch's images/s with the pure step's.
+
+FLOPs are counted analytically, per layer, from the shapes the model sees:
+2 per multiply-add of each Conv and Dense layer (activations, pooling, the
+loss and the optimiser are not counted); a training step counts 3x the
+forward pass (backward = 2x forward: gradients of inputs and of weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mnist_jax.core import data as data_lib, run_dir
+from mnist_jax.engine import multiseed
+from mnist_jax.engine import evaluate as eval_lib, loop as loop_lib, mesh as mesh_lib, state as state_lib, steps as steps_lib
+from mnist_jax.core.config import load_config_file
+from mnist_jax.core.errors import UserError
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.layers import Conv
+
+DEFAULT_CONFIGS = "configs/mlp.py,configs/cnn.py,configs/speedrun.py"
+
+
+def forward_flops_per_image(model_config: ml_collections.ConfigDict) -> int:
+  """2 x multiply-adds of every Conv and Dense layer for one 28x28x1 image."""
+  model = build_model(model_config)
+  x = jnp.zeros((1,) + data_lib.IMAGE_SHAPE, jnp.float32)
+  flops = []
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if isinstance(module, (nn.Dense, Conv)) and context.method_name == "__call__":
+      kernel = module.variables["params"]["kernel"]
+      flops.append(2 * kernel.size * (out.size // out.shape[-1]))
+    return out
+
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  with nn.intercept_methods(count):
+    jax.eval_shape(model.apply, params, x)
+  return int(sum(flops))
+
+
+def time_calls(fn: Callable[[], object], calls: int) -> float:
+  """Seconds per call of `fn`, timed over `calls` calls, device work included."""
+  start = time.perf_counter()
+  out = None
+  for _ in range(calls):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / calls
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Median f32 rate of a jitted n x n matmul on the default backend."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(mm(a, a))  # compile and warm up
+  seconds = statistics.median(time_calls(lambda: mm(a, a), 1) for _ in range(repeats))
+  return 2 * n ** 3 / seconds / 1e9
+
+
+class Case:
+  """One config compiled for timing: its train step, eval step and fixed batches."""
+
+  def __init__(self, name: str, config: ml_collections.ConfigDict, mesh):
+    self.name, self.config = name, config
+    mesh_lib.check_batch_size(config.batch_size)
+    mesh_lib.check_batch_size(config.eval_batch_size, "eval_batch_size")
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n,) + data_lib.IMAGE_SHAPE, np.uint8)
+    labels = lambda n: (np.arange(n) % data_lib.NUM_CLASSES).astype(np.int32)
+    b, e = config.batch_size, config.eval_batch_size
+    self.batch = mesh_lib.shard_batch({"image": images(b), "label": labels(b)}, mesh)
+    self.eval_batch = mesh_lib.shard_batch(
+        {"image": images(e), "label": labels(e), "mask": np.ones(e, np.float32)}, mesh)
+    self.state = mesh_lib.replicate(
+        state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=100), mesh)
+    self.key = jax.random.key(1)
+    start = time.perf_counter()
+    self.train_step = jax.jit(
+        functools.partial(steps_lib.train_step, aug_rng=jax.random.key(2),
+                          **state_lib.step_options(config)),
+        donate_argnums=0).lower(self.state, self.batch, self.key).compile()
+    self.compile_s = time.perf_counter() - start
+    self.eval_step = jax.jit(functools.partial(eval_lib.eval_step, self.state.apply_fn)
+                             ).lower(state_lib.eval_params(self.state), self.eval_batch,
+                                     self.state.batch_stats).compile()
+    self.train_s: List[float] = []
+    self.eval_s: List[float] = []
+    self.seeds = None  # a SeedsCase when --seeds is given
+
+  def _train_call(self):
+    self.state, metrics = self.train_step(self.state, self.batch, self.key)
+    return self.state.params, metrics
+
+  def run_round(self, steps: int) -> None:
+    """Times `steps` train steps and `steps` eval batches, after one warm-up each."""
+    jax.block_until_ready(self._train_call())
+    self.train_s.append(time_calls(self._train_call, steps))
+    evaluate = lambda: self.eval_step(state_lib.eval_params(self.state), self.eval_batch,
+                                      self.state.batch_stats)
+    jax.block_until_ready(evaluate())
+    self.eval_s.append(time_calls(evaluate, max(1, steps // 4)))
+
+
+class SeedsCase:
+  """One config's train step vmapped over `num_seeds` stacked train states."""
+
+  def __init__(self, case: Case, num_seeds: int, mesh):
+    self.num_seeds, config = num_seeds, case.config
+    state, _, self.keys = multiseed.stacked_states(config, range(num_seeds), 100)
+    self.state = mesh_lib.replicate(state, mesh)
+    stack = lambda x: jnp.stack([x] * num_seeds)
+    batch = jax.tree.map(stack, case.batch)
+    self.batch = jax.device_put(batch, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, "data")))
+    self.step, self.compile_s = multiseed.compile_step(config, self.state, self.batch,
+                                                       self.keys)
+    self.train_s: List[float] = []
+
+  def _call(self):
+    self.state, metrics = self.step(self.state, self.batch, self.keys["dropout"],
+                                    self.keys["augment"])
+    return self.state.params, metrics
+
+  def run_round(self, steps: int) -> None:
+    jax.block_until_ready(self._call())
+    self.train_s.append(time_calls(self._call, steps))
+
+
+def parse_variants(spec: str) -> List[Tuple[str, str]]:
+  """'model.conv_impl=xla,im2col' -> [('model.conv_impl', 'xla'), (..., 'im2col')]."""
+  if not spec:
+    return [("", "")]
+  if "=" not in spec:
+    raise UserError(f"--variants {spec!r}: write FIELD=VALUE1,VALUE2 "
+                    "(e.g. model.conv_impl=xla,im2col).")
+  field, values = spec.split("=", 1)
+  return [(field, v) for v in values.split(",")]
+
+
+def with_override(config: ml_collections.ConfigDict, field: str,
+                  value: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with `field` (dotted) set to `value`, typed like the default."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not field:
+    return config
+  *parents, leaf = field.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  if leaf not in node:
+    raise UserError(f"--variants field {field!r} is not in the config.")
+  node[leaf] = _typed_like(node[leaf], value, field)
+  return config
+
+
+def _typed_like(old, value: str, field: str):
+  """`value` (command-line text) as the type of the config's default `old`."""
+  if isinstance(old, bool):
+    if value.lower() not in ("true", "false"):
+      raise UserError(f"--variants {field}: {value!r} is not true or false.")
+    return value.lower() == "true"
+  if isinstance(old, (int, float)):
+    try:
+      return type(old)(value)
+    except ValueError:
+      raise UserError(f"--variants {field}: {value!r} is not a valid {type(old).__name__}.")
+  return value
+
+
+def _has_field(config: ml_collections.ConfigDict, field: str) -> bool:
+  node = config
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def build_cases(config_paths: Sequence[str], variants: str, mesh) -> List[Case]:
+  """One Case per config and variant; a config without the varied field gets one."""
+  cases = []
+  for path in config_paths:
+    base = load_config_file(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    chosen = parse_variants(variants)
+    if chosen[0][0] and not _has_field(base, chosen[0][0]):
+      chosen = [("", "")]  # e.g. conv_impl for the MLP
+    for field, value in chosen:
+      label = f"{name} {field.split('.')[-1]}={value}" if field else name
+      cases.append(Case(label, with_override(base, field, value), mesh))
+  return cases
+
+
+def end_to_end_images_per_s(config: ml_collections.ConfigDict, split: str,
+                            mnist_dir=None) -> float:
+  """train_images_per_s of the second epoch of a two-epoch `train_and_evaluate` on
+  `split` (metrics.jsonl): the first epoch also pays one-off costs (compiling
+  the data order's permutation, warming caches)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.num_epochs = 2
+  # The schedule's shape does not change the speed; a warm-up longer than these
+  # two epochs would only make the config invalid.
+  config.optimizer.warmup_epochs = min(config.optimizer.warmup_epochs, 1.0)
+  config.data.train_split = split
+  with tempfile.TemporaryDirectory() as workdir:
+    loop_lib.train_and_evaluate(config, workdir, mnist_dir=mnist_dir, verbose=False)
+    return run_dir.read_metrics(workdir)[-1]["train_images_per_s"]
+
+
+def summarise(case: Case, matmul: float) -> Dict:
+  """One row of the results table (with the vmapped seeds' columns, if timed)."""
+  b, e = case.config.batch_size, case.config.eval_batch_size
+  fwd = forward_flops_per_image(case.config.model)
+  train_ips = b / statistics.median(case.train_s)
+  gflops = 3 * fwd * train_ips / 1e9
+  row = {"case": case.name, "batch": b, "compile_s": round(case.compile_s, 2),
+          "train_img_s": round(train_ips), "eval_img_s": round(
+              e / statistics.median(case.eval_s)),
+          "fwd_mflop_img": round(fwd / 1e6, 3), "train_gflop_s": round(gflops, 1),
+          "matmul_gflop_s": round(matmul, 1), "frac_matmul": round(gflops / matmul, 3)}
+  seeds = case.seeds
+  if seeds is not None:
+    total = seeds.num_seeds * b / statistics.median(seeds.train_s)
+    row.update({"seeds": seeds.num_seeds, "seeds_compile_s": round(seeds.compile_s, 2),
+                "seeds_total_img_s": round(total),
+                # > 1: one vmapped program beats training the seeds one by one.
+                "seeds_vs_separate": round(total / train_ips, 3)})
+  return row
+
+
+def print_table(rows: List[Dict]) -> None:
+  keys = list(rows[0])
+  widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+  print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+  for r in rows:
+    print("  ".join(str(r[k]).rjust(w) for k, w in zip(keys, widths)))
+
+
+def write_csv(path: str, rows: List[Dict]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--configs", default=DEFAULT_CONFIGS,
+                      help="comma-separated config files")
+  parser.add_argument("--variants", default="",
+                      help="FIELD=V1,V2: one case per value (A/B test)")
+  parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case")
+  parser.add_argument("--steps", type=int, default=20, help="train steps per round")
+  parser.add_argument("--seeds", type=int, default=0,
+                      help="also time one train step vmapped over this many seeds")
+  parser.add_argument("--e2e_split", default="",
+                      help="also train two epochs on this MNIST slice (e.g. 'train')")
+  parser.add_argument("--out", default="runs/benchmark.csv", help="CSV file to write")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> List[Dict]:
+  args = parse_args(argv)
+  print(mesh_lib.describe_devices())
+  mesh = mesh_lib.make_mesh()
+  cases = build_cases(args.configs.split(","), args.variants, mesh)
+  if args.seeds < 0 or args.seeds == 1:
+    raise UserError(f"--seeds {args.seeds}: give 2 or more seeds to vmap (0 = off).")
+  for case in cases if args.seeds else []:
+    case.seeds = SeedsCase(case, args.seeds, mesh)
+  matmul = []
+  for _ in range(args.rounds):  # interleaved: every case sees the same load
+    matmul.append(matmul_gflops(repeats=3))
+    for case in cases:
+      case.run_round(args.steps)
+      if args.seeds:
+        case.seeds.run_round(args.steps)
+  rows = [summarise(c, statistics.median(matmul)) for c in cases]
+  if args.e2e_split:
+    for case, row in zip(cases, rows):
+      row["e2e_train_img_s"] = round(end_to_end_images_per_s(case.config, args.e2e_split))
+      row["e2e_vs_step"] = round(row["e2e_train_img_s"] / row["train_img_s"], 3)
+  print_table(rows)
+  write_csv(args.out, rows)
+  print(f"wrote {args.out}")
+  return rows
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except UserError as e:
+    raise SystemExit(f"error: {e}")
