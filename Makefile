@@ -7,8 +7,6 @@ PY := $(VENV)/bin/python
 # The four original MNIST .gz files (tfds's manual download directory).
 MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export MNIST_DIR
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-export TF_ENABLE_ONEDNN_OPTS ?= 0
 
 .PHONY: install train test clean
 install: $(VENV)/.installed

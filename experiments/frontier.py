@@ -20,20 +20,17 @@ GPU/TPU and has not been run: no accelerator was lent to us yet.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mnist_jax.inference import ensemble  # noqa: E402
-from mnist_jax.core import run_dir  # noqa: E402
-from mnist_jax.studies.stats import mean_std  # noqa: E402
-from mnist_jax.core.config import load_config_file  # noqa: E402
-from mnist_jax.core.errors import UserError  # noqa: E402
-from mnist_jax.core.models.cost import model_cost  # noqa: E402
-from mnist_jax.studies.tables import Column, Table  # noqa: E402
+from mnist_jax.inference import ensemble
+from mnist_jax.core import run_dir
+from mnist_jax.studies.stats import mean_std
+from mnist_jax.core.config import load_config_file
+from mnist_jax.core.errors import UserError
+from mnist_jax.core.models.cost import model_cost
+from mnist_jax.studies.tables import Column, Table
 
 
 class Member(NamedTuple):
@@ -49,7 +46,7 @@ RECIPES: Dict[str, List[Member]] = {
 
 def selection(config) -> str:
   """How a member's reported epoch was chosen, from its config."""
-  if config.get("select", "last") == "best_val":
+  if config.select == "best_val":
     return (f"best accuracy on the last {config.data.validation_size:,} training "
             "images (held out)")
   return "last epoch, no selection"
@@ -91,7 +88,7 @@ def train_members(members: Sequence[Member], out: str, mnist_dir=None) -> List[s
 def member_row(member: Member, workdir: str) -> Dict:
   config = run_dir.read_config(workdir)
   lines = run_dir.read_metrics(workdir)
-  chosen = lines[run_dir.selected_index(lines, config.get("select", "last"))]
+  chosen = lines[run_dir.selected_index(lines, config.select)]
   return {"name": f"{member.config_path} seed {member.seed}",
           "accuracy": 100 * chosen["test_accuracy"], "epoch": chosen["epoch"],
           "params": model_cost(config.model)["num_params"],
@@ -126,42 +123,33 @@ def frontier_table(recipe: str, members: Sequence[Member], workdirs: Sequence[st
       "the epochs' wall time, evaluation included) beside published numbers."))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
-  parser.add_argument("--out", default=None, help="default: runs/frontier/<recipe>")
-  parser.add_argument("--data_dir", default=None,
-                      help="folder with the MNIST .gz files (default: $MNIST_DIR)")
-  parser.add_argument("--tables_only", action="store_true",
-                      help="rebuild the table from finished members, train nothing")
-  return parser.parse_args(argv)
-
-
-def main(argv=None) -> List[str]:
-  args = parse_args(argv)
-  members = RECIPES[args.recipe]
-  out = args.out or os.path.join("runs", "frontier", args.recipe)
-  if args.tables_only:
+def run(recipe: str = "cpu", out: Optional[str] = None, mnist_dir: Optional[str] = None,
+        tables_only: bool = False) -> List[str]:
+  """Trains the recipe's members (unless `tables_only`), scores their ensemble,
+  writes the frontier table; returns the table's paths."""
+  if recipe not in RECIPES:
+    raise UserError(f"--recipe {recipe}: use one of {', '.join(sorted(RECIPES))}.")
+  members = RECIPES[recipe]
+  out = out or os.path.join("runs", "frontier", recipe)
+  if tables_only:
     workdirs = [os.path.join(out, m.name) for m in members]
     missing = [w for w, m in zip(workdirs, members)
                if not run_dir.is_finished(w, member_config(m).num_epochs)]
     if missing:
       raise UserError(f"unfinished members {missing}: run without --tables_only first.")
   else:
-    workdirs = train_members(members, out, args.data_dir)
-  result = ensemble.evaluate_ensemble(workdirs, "test", args.data_dir)
+    workdirs = train_members(members, out, mnist_dir)
+  result = ensemble.evaluate_ensemble(workdirs, "test", mnist_dir)
   print(ensemble.format_table(result))
   ensemble.write_result(result, out)
-  paths = frontier_table(args.recipe, members, workdirs, result).write(
+  paths = frontier_table(recipe, members, workdirs, result).write(
       os.path.join(out, "tables"), "frontier")
-  print(open(paths[0]).read())  # the Markdown table
+  with open(paths[0]) as f:
+    print(f.read())  # the Markdown table
   print("wrote " + ", ".join(paths))
   return paths
 
 
-if __name__ == "__main__":
-  try:
-    main()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
+if __name__ == "__main__":  # the same as `python -m mnist_jax frontier ...`
+  from mnist_jax import cli
+  cli.run(["frontier", *sys.argv[1:]])

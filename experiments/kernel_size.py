@@ -19,14 +19,10 @@ default CNN 40-55 s/epoch idle against 106 s here), batch 128:
 7, 11, 27, 39 s (these loaded step times overstate the measured total above).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
-
-from mnist_jax.studies import reports, script as study_cli  # noqa: E402
-from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
+from mnist_jax.studies import reports
+from mnist_jax.studies.spec import Point, Preset, Study
 
 STUDY = Study("kernel_size", [
     Point(f"cnn_k{k}", "configs/cnn.py", {"model.kernel_sizes": (k, k, k)},
@@ -44,5 +40,6 @@ def report(study, preset, study_dir, results):
                                  caption="CNN of configs/cnn.py with k x k kernels in every stage;")
 
 
-if __name__ == "__main__":
-  study_cli.main(STUDY, PRESETS, report, description=__doc__)
+if __name__ == "__main__":  # the same as `python -m mnist_jax study NAME ...`
+  from mnist_jax import cli
+  cli.run(["study", STUDY.name, *sys.argv[1:]])

@@ -28,12 +28,9 @@ the MLPs ~4 min with their evaluations: ~11 min loaded, ~6 min idle.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
-
-from mnist_jax.studies import reports, script as study_cli  # noqa: E402
-from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
-from mnist_jax.studies.tables import Column, Table  # noqa: E402
+from mnist_jax.studies import reports
+from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.tables import Column, Table
 
 STUDY = Study("lecun1998", [
     Point("linear", "configs/mlp.py", {"model.hidden_features": ()},
@@ -76,5 +73,6 @@ def report(study, preset, study_dir, results):
   return paths
 
 
-if __name__ == "__main__":
-  study_cli.main(STUDY, PRESETS, report, description=__doc__)
+if __name__ == "__main__":  # the same as `python -m mnist_jax study NAME ...`
+  from mnist_jax import cli
+  cli.run(["study", STUDY.name, *sys.argv[1:]])

@@ -30,14 +30,11 @@ cpu = 3 x 2 x 156 steps: local ~37 min + CNN ~4 min + evaluation ~4 min:
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
-
-from mnist_jax.studies import reports, script as study_cli  # noqa: E402
-from mnist_jax.core.models.cost import sharing_rows  # noqa: E402
-from mnist_jax.core.config import load_config_file  # noqa: E402
-from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
-from mnist_jax.studies.tables import Column, Table  # noqa: E402
+from mnist_jax.studies import reports
+from mnist_jax.core.models.cost import sharing_rows
+from mnist_jax.core.config import load_config_file
+from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.tables import Column, Table
 
 STUDY = Study("mlp_vs_cnn", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),
@@ -82,5 +79,6 @@ def report(study, preset, study_dir, results):
   return paths
 
 
-if __name__ == "__main__":
-  study_cli.main(STUDY, PRESETS, report, description=__doc__)
+if __name__ == "__main__":  # the same as `python -m mnist_jax study NAME ...`
+  from mnist_jax import cli
+  cli.run(["study", STUDY.name, *sys.argv[1:]])

@@ -28,14 +28,11 @@ MLP 1.1 ms/step, CNN 226 ms/step (106 s/epoch); a test-set evaluation MLP
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
-
-from mnist_jax.studies import reports, script as study_cli, plots as study_plots  # noqa: E402
-from mnist_jax.inference import robustness  # noqa: E402
-from mnist_jax.studies.stats import mean_std  # noqa: E402
-from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
-from mnist_jax.studies.tables import Column, Table  # noqa: E402
+from mnist_jax.studies import reports, plots as study_plots
+from mnist_jax.inference import robustness
+from mnist_jax.studies.stats import mean_std
+from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.tables import Column, Table
 
 STUDY = Study("robustness", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),
@@ -95,5 +92,6 @@ def report(study, preset, study_dir, results):
   return paths
 
 
-if __name__ == "__main__":
-  study_cli.main(STUDY, PRESETS, report, after_run_for, description=__doc__)
+if __name__ == "__main__":  # the same as `python -m mnist_jax study NAME ...`
+  from mnist_jax import cli
+  cli.run(["study", STUDY.name, *sys.argv[1:]])

@@ -25,14 +25,10 @@ pooling 91 ms, stride 3 no pooling 59 ms; a test-set evaluation 11, 68, 6,
 the rest ~3 min: ~47 min loaded, ~24 min idle.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# ^ so that `python experiments/x.py` imports this checkout's mnist_jax.
-
-from mnist_jax.studies import reports, script as study_cli  # noqa: E402
-from mnist_jax.studies.spec import Point, Preset, Study  # noqa: E402
+from mnist_jax.studies import reports
+from mnist_jax.studies.spec import Point, Preset, Study
 
 STUDY = Study("stride", [
     Point(f"cnn_s{s}_{'pool' if pooled else 'nopool'}", "configs/cnn.py",
@@ -52,5 +48,6 @@ def report(study, preset, study_dir, results):
                                  caption="CNN of configs/cnn.py with stride s in every stage;")
 
 
-if __name__ == "__main__":
-  study_cli.main(STUDY, PRESETS, report, description=__doc__)
+if __name__ == "__main__":  # the same as `python -m mnist_jax study NAME ...`
+  from mnist_jax import cli
+  cli.run(["study", STUDY.name, *sys.argv[1:]])

@@ -1,4 +1,4 @@
-"""`python -m mnist_jax ...`: see mnist_jax.cli."""
+"""`python -m mnist_jax COMMAND ...`: see mnist_jax.cli."""
 
 from mnist_jax.cli import run
 

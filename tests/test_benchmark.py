@@ -20,8 +20,7 @@ def test_forward_flops_are_two_per_multiply_add_of_each_layer():
 
 def test_benchmark_writes_one_row_per_case(tmp_path):
   out = tmp_path / "bench.csv"
-  rows = benchmark.main(["--configs", "configs/mlp.py", "--rounds", "1",
-                         "--steps", "1", "--out", str(out)])
+  rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=1, out=str(out))
   assert [r["case"] for r in rows] == ["mlp"]
   assert rows[0]["train_img_s"] > 0 and 0 < rows[0]["frac_matmul"]
   written = list(csv.DictReader(open(out)))
@@ -29,17 +28,20 @@ def test_benchmark_writes_one_row_per_case(tmp_path):
 
 
 def test_benchmark_times_seeds_vmapped_against_one_seed(tmp_path):
-  rows = benchmark.main(["--configs", "configs/mlp.py", "--rounds", "1", "--steps", "1",
-                         "--seeds", "2", "--out", str(tmp_path / "bench.csv")])
+  rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=1, seeds=2,
+                       out=str(tmp_path / "bench.csv"))
   assert rows[0]["seeds"] == 2 and rows[0]["seeds_total_img_s"] > 0
   assert rows[0]["seeds_vs_separate"] == pytest.approx(
       rows[0]["seeds_total_img_s"] / rows[0]["train_img_s"], rel=1e-2)
 
 
-def test_benchmark_refuses_a_single_vmapped_seed(tmp_path):
+def test_benchmark_refuses_bad_input_before_any_work(tmp_path, monkeypatch):
+  monkeypatch.setattr(benchmark, "build_cases", None)  # compiling would be a bug
   with pytest.raises(UserError, match="--seeds 1: give 2 or more"):
-    benchmark.main(["--configs", "configs/mlp.py", "--seeds", "1",
-                    "--out", str(tmp_path / "bench.csv")])
+    benchmark.run(["configs/mlp.py"], seeds=1, out=str(tmp_path / "bench.csv"))
+  with pytest.raises(UserError, match="write FIELD=VALUE1,VALUE2"):
+    benchmark.run(["configs/mlp.py"], variants="model.conv_impl", out=str(tmp_path / "b"))
+  assert not (tmp_path / "bench.csv").exists()
 
 
 def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
@@ -58,7 +60,12 @@ def test_variant_values_take_the_type_of_the_config_default():
   assert benchmark.with_override(base, "augment.enabled", "True").augment.enabled is True
   assert benchmark.with_override(base, "batch_size", "64").batch_size == 64
   assert benchmark.with_override(base, "model.conv_impl", "xla").model.conv_impl == "xla"
-  with pytest.raises(UserError, match="not true or false"):
+  assert benchmark.with_override(base, "model.kernel_sizes", "(5, 5, 5)"
+                                 ).model.kernel_sizes == (5, 5, 5)
+  assert base.batch_size == 128 and base.augment.enabled is False  # a copy is changed
+  with pytest.raises(UserError, match="augment.enabled = 'yes': it is not true or false"):
     benchmark.with_override(base, "augment.enabled", "yes")
-  with pytest.raises(UserError, match="is not a valid int"):
+  with pytest.raises(UserError, match="batch_size = 'big': it is not a valid int"):
     benchmark.with_override(base, "batch_size", "big")
+  with pytest.raises(UserError, match="model.kernel_size: the config has no such field"):
+    benchmark.with_override(base, "model.kernel_size", "3")

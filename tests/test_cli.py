@@ -1,24 +1,46 @@
-"""Bad input ends in one clear line on stderr and exit status 2, never a traceback."""
+"""One command line: each command has its own flags; bad input ends in one
+clear line on stderr and exit status 2, never a traceback."""
 
+import csv
+import dataclasses
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 
-from mnist_jax import UserError
-from mnist_jax.core import data
+from mnist_jax import UserError, cli
+from mnist_jax.cli import command as command_lib, experiments as cli_experiments
+from mnist_jax.core import data, run_dir
+from mnist_jax.engine import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, env_extra=None, unset=("MNIST_DIR",), timeout=300):
+def run_cli(*args, env_extra=None, unset=("MNIST_DIR",), timeout=300, script=None):
+  """`python -m mnist_jax ARGS` in a new process (or `python SCRIPT ARGS`)."""
   env = {k: v for k, v in os.environ.items() if k not in unset}
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, "-m", "mnist_jax", *args], cwd=REPO,
+  program = [str(REPO / script)] if script else ["-m", "mnist_jax"]
+  return subprocess.run([sys.executable, *program, *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Result(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def run_here(capsys, *args):
+  """The same entry point as `python -m mnist_jax ARGS`, in this process (fast)."""
+  with pytest.raises(SystemExit) as exited:
+    cli.run(list(args))
+  out, err = capsys.readouterr()
+  return Result(exited.value.code, out, err)
 
 
 def assert_one_line_error(result, *fragments):
@@ -83,3 +105,179 @@ def test_batch_size_larger_than_the_data_is_rejected(mnist_dir, tfds_dir, tmp_pa
                    "--data_dir", mnist_dir, "--config.data.train_split=train[:100]",
                    "--config.batch_size=128", env_extra={"TFDS_DATA_DIR": tfds_dir})
   assert_one_line_error(result, "batch_size = 128", "100 training images")
+
+
+# A flag of another command, for every command: (argv, the foreign flag).
+FOREIGN_FLAGS = {
+    "train": (["train", "--config", "configs/cnn.py", "--workdir", "{w}", "--top", "3"],
+              "top"),
+    "evaluate": (["evaluate", "--workdir", "{w}", "--config", "configs/cnn.py"], "config"),
+    "plot": (["plot", "--workdir", "{w}", "--split", "test"], "split"),
+    "predict": (["predict", "--workdir", "{w}", "--digit", "3", "{w}/x.png"], "digit"),
+    "ensemble": (["ensemble", "--workdirs", "{w}/a,{w}/b", "--format", "pdf"], "format"),
+    "study": (["study", "kernel_size", "--out", "{w}", "--recipe", "cpu"], "recipe"),
+    "frontier": (["frontier", "--out", "{w}", "--preset", "cpu"], "preset"),
+    "benchmark": (["benchmark", "--out", "{w}/b.csv", "--workdir", "{w}"], "workdir"),
+}
+
+
+def test_every_command_is_checked_for_foreign_flags():
+  assert sorted(FOREIGN_FLAGS) == sorted(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_FLAGS))
+def test_a_flag_of_another_command_is_an_error(name, capsys, tmp_path):
+  argv, flag = FOREIGN_FLAGS[name]
+  workdir = tmp_path / "w"
+  result = run_here(capsys, *[a.replace("{w}", str(workdir)) for a in argv])
+  assert_one_line_error(result, f"{name}: Unknown command line flag '{flag}'",
+                        f"mnist_jax {name} -h")
+  assert not workdir.exists()  # refused before any work
+
+
+def test_ctrl_c_ends_with_130_and_no_traceback(capsys, monkeypatch):
+  def interrupted(fv, args):
+    raise KeyboardInterrupt
+  monkeypatch.setitem(cli.COMMANDS, "plot",
+                      dataclasses.replace(cli.COMMANDS["plot"], run=interrupted))
+  result = run_here(capsys, "plot", "--workdir", "w")
+  assert result.returncode == 130 and result.stderr == "interrupted\n"
+
+
+def test_foreign_flag_through_python_dash_m(tmp_path):
+  result = run_cli("evaluate", "--workdir", str(tmp_path), "--config", "configs/cnn.py")
+  assert_one_line_error(result, "Unknown command line flag 'config'")
+
+
+def test_help_lists_only_the_commands_own_flags(capsys):
+  def flags_of(name):
+    result = run_here(capsys, name, "-h")
+    assert result.returncode == 0 and result.stdout.startswith(
+        f"usage: python -m mnist_jax {name}")
+    return {line.split(":")[0].strip() for line in result.stdout.splitlines()
+            if line.startswith("  --")}
+  assert {"--config", "--workdir", "--seeds", "--[no]force", "--data_dir"} <= flags_of("train")
+  assert not {"--top", "--workdirs", "--preset"} & flags_of("train")
+  assert flags_of("predict") == {"--workdir", "--top", "--[no]json", "--figure",
+                                 "--[no]no-preprocess"}
+  assert "--variants" in flags_of("benchmark") and "--workdir" not in flags_of("benchmark")
+  assert {"--preset", "--[no]quick", "--[no]vmap_seeds"} <= flags_of("study")
+  overview = run_here(capsys, "--help").stdout
+  assert all(f"  {name} " in overview for name in cli.COMMANDS)
+
+
+def test_config_overrides_are_typed_by_the_config_file():
+  fv, args = command_lib.parse(cli.COMMANDS["train"], [
+      "--config", "configs/cnn.py", "--workdir", "w", "--config.num_epochs=3",
+      "--config.optimizer.learning_rate=0.01", "--config.model.kernel_sizes=(5,5,5)",
+      "--config.augment.enabled=true"])
+  config = fv.config
+  assert (config.num_epochs, config.optimizer.learning_rate) == (3, 0.01)
+  assert config.model.kernel_sizes == (5, 5, 5) and config.augment.enabled is True
+  assert args == [] and config.batch_size == 128  # the rest as in the file
+
+
+def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
+  calls = []
+
+  def fake_train_runs(config, seeds, workdirs, *, mnist_dir=None, force=False, **_):
+    calls.append((config.num_epochs, seeds, workdirs, mnist_dir, force))
+    return [{"epoch": 1, "test_accuracy": 0.5 + s / 10, "test_loss": 1.0} for s in seeds]
+
+  monkeypatch.setattr(loop, "train_runs", fake_train_runs, raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")  # the command sets its GPU flag there
+  result = run_here(capsys, "train", "--config", "configs/mlp.py", "--workdir",
+                    str(tmp_path), "--seeds", "0,2", "--config.num_epochs=1",
+                    "--data_dir", "D", "--force")
+  assert result.returncode == 0, result.stderr
+  assert calls == [(1, [0, 2], [str(tmp_path / "seed0"), str(tmp_path / "seed2")],
+                    "D", True)]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("seed 0: final test accuracy 0.5000")
+  assert lines[1].startswith("seed 2: final test accuracy 0.7000")
+  assert lines[1].endswith(str(tmp_path / "seed2"))
+
+
+@pytest.mark.parametrize("seeds", ["0,x", "1,1"])
+def test_train_refuses_bad_seeds(seeds, capsys, tmp_path):
+  result = run_here(capsys, "train", "--config", "configs/mlp.py", "--workdir",
+                    str(tmp_path / "w"), "--seeds", seeds)
+  assert_one_line_error(result, f"--seeds {seeds}")
+  assert not (tmp_path / "w").exists()
+
+
+def test_study_needs_a_known_name_and_preset(capsys, tmp_path):
+  for argv in (["study", "kernel_sizes"], ["study"]):
+    assert_one_line_error(run_here(capsys, *argv), ", ".join(cli_experiments.STUDIES))
+  result = run_here(capsys, "study", "kernel_size", "--preset", "gpu", "--out",
+                    str(tmp_path / "s"))
+  assert_one_line_error(result, "no preset 'gpu'", "cpu, full")
+  assert not (tmp_path / "s").exists()
+
+
+def test_the_study_names_are_the_studies_in_experiments():
+  declared = {}
+  for path in sorted((REPO / "experiments").glob("*.py")):
+    module = cli_experiments.load_experiment(path.stem)
+    if hasattr(module, "STUDY"):
+      declared[path.stem] = module.STUDY.name
+  assert declared == {name: name for name in cli_experiments.STUDIES}
+
+
+def test_frontier_refuses_an_unknown_recipe(capsys, tmp_path):
+  result = run_here(capsys, "frontier", "--recipe", "gpu", "--out", str(tmp_path / "f"))
+  assert_one_line_error(result, "--recipe gpu", "cpu, full")
+
+
+def test_benchmark_refuses_bad_input_with_exit_2(capsys, tmp_path):
+  out = tmp_path / "b.csv"
+  for extra in (["--seeds", "1"], ["--variants", "model.conv_impl"],
+                ["--variants", "model.conv_implementation=xla"], ["--rounds", "x"]):
+    result = run_here(capsys, "benchmark", "--configs", "configs/mlp.py", "--rounds",
+                      "1", "--steps", "1", "--out", str(out), *extra)
+    assert_one_line_error(result)
+  assert not out.exists()
+
+
+def fake_train_and_evaluate(config, workdir, **_):
+  """Writes a finished run as train_and_evaluate would, with a test accuracy of
+  0.9 + kernel size / 100 + seed / 1000, in no time."""
+  accuracy = 0.9 + config.model.kernel_sizes[0] / 100 + config.seed / 1000
+  run_dir.write_config(workdir, config)
+  for epoch in range(1, config.num_epochs + 1):
+    metrics = dict.fromkeys(run_dir.METRIC_KEYS, 1.0)
+    metrics.update(epoch=epoch, test_accuracy=accuracy)
+    run_dir.append_metrics(workdir, metrics)
+  return {"test_accuracy": accuracy}
+
+
+def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
+    capsys, tmp_path, monkeypatch):
+  # Training is faked (in this process): the real quick study trains 8 CNNs,
+  # 408 s on the shared 2-core machine; tests/test_experiments.py trains studies.
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_train_and_evaluate)
+  monkeypatch.setattr(data, "load_mnist", lambda *args, **kwargs: (None, None))
+  out = tmp_path / "kernel_size"
+  result = run_here(capsys, "study", "kernel_size", "--quick", "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  assert sorted(p.name for p in out.iterdir()) == [
+      "cnn_k1", "cnn_k3", "cnn_k5", "cnn_k7", "figures", "tables"]
+  assert sorted(p.name for p in (out / "cnn_k3").iterdir()) == ["seed_0", "seed_1"]
+  assert run_dir.read_config(str(out / "cnn_k3" / "seed_1")).num_epochs == 1  # quick
+  for ext in ("md", "tex", "csv"):
+    assert (out / "tables" / f"kernel_size.{ext}").stat().st_size > 0
+  with open(out / "tables" / "kernel_size.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["model"] for r in rows] == ["CNN 1x1", "CNN 3x3", "CNN 5x5", "CNN 7x7"]
+  assert all(r["seeds"] == "2" for r in rows)
+  assert [float(r["test accuracy (%)_mean"]) for r in rows] == pytest.approx(
+      [91.05, 93.05, 95.05, 97.05])
+  # The script, run as a script, is the same command: it rebuilds those tables.
+  (out / "tables" / "kernel_size.csv").unlink()
+  script = run_cli("--quick", "--out", str(out), "--tables_only",
+                   script="experiments/kernel_size.py", env_extra={"PYTHONPATH": str(REPO)})
+  assert script.returncode == 0, script.stderr[-3000:]
+  with open(out / "tables" / "kernel_size.csv") as f:
+    assert list(csv.DictReader(f)) == rows
+  assert_one_line_error(run_cli("--preset", "gpu", script="experiments/kernel_size.py",
+                                env_extra={"PYTHONPATH": str(REPO)}), "no preset 'gpu'")

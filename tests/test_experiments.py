@@ -15,10 +15,12 @@ pytestmark = pytest.mark.real_data
 
 
 def quick(module, tmp_path, mnist_dir, study=None):
+  """The study in its --quick form, as `python -m mnist_jax study NAME --quick` runs
+  it (tests/test_cli.py runs that command itself), possibly on fewer points."""
   out = str(tmp_path / "study")
-  argv = ["--quick", "--out", out, "--data_dir", mnist_dir]
-  study_cli.run(study or module.STUDY, module.PRESETS, module.report, argv,
-                getattr(module, "after_run_for", None))
+  study_cli.run(study or module.STUDY, module.PRESETS, module.report, quick=True,
+                out=out, mnist_dir=mnist_dir,
+                after_run_for=getattr(module, "after_run_for", None))
   return out
 
 

@@ -56,5 +56,5 @@ def test_a_recipe_without_validation_reports_the_last_epoch(tmp_path):
 def test_tables_only_refuses_unfinished_members(tmp_path):
   hand_made_member(str(tmp_path / "seed_0"), [0.99], [0.99])
   with pytest.raises(frontier.UserError, match="unfinished members.*--tables_only"):
-    frontier.main(["--recipe", "cpu", "--out", str(tmp_path), "--tables_only"])
+    frontier.run("cpu", out=str(tmp_path), tables_only=True)
   assert not os.path.exists(tmp_path / "tables")

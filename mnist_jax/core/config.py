@@ -10,10 +10,14 @@ import os
 from typing import Any, Mapping
 
 import ml_collections
+from absl import flags
+from ml_collections.config_flags import tuple_parser
 
 from mnist_jax.core.errors import UserError
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The checkout: config files (configs/) and study declarations (experiments/)
+# are named relative to it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -132,7 +136,7 @@ def validate_augment(aug: ml_collections.ConfigDict) -> None:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file; a relative path is taken from the repo root."""
-  full = path if os.path.isabs(path) else os.path.join(_REPO_ROOT, path)
+  full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
   if not os.path.isfile(full):
     raise UserError(f"config file {full} not found: give a path under configs/.")
   spec = importlib.util.spec_from_file_location("config_file", full)
@@ -141,14 +145,63 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A run's saved config (config.json) with base_config()'s default for every
+  field it lacks: a run written before a field existed behaved as its default
+  (e.g. `select` = 'last'), so readers can use `config.select` on any run."""
+  config = base_config()
+  config.update(saved)  # recursive: saved values win, block by block
+  return config
+
+
+def has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  """Whether `dotted` ('optimizer.learning_rate') names a field of `config`."""
+  node = config
+  for key in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      return False
+    node = node[key]
+  return True
+
+
+# Text to value, by the type of the field's default: the parsers that
+# ml_collections' config_flags uses for `--config.FIELD=VALUE`.
+_TEXT_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
+                 float: flags.FloatParser(), tuple: tuple_parser.TupleParser()}
+
+
+def _from_text(field_type: type, dotted: str, text: str) -> Any:
+  if field_type is str:
+    return text
+  parser = _TEXT_PARSERS.get(field_type)
+  if parser is None:
+    raise UserError(f"config.{dotted} holds a {field_type.__name__}, which cannot be "
+                    "set from text: set it in a config file.")
+  try:
+    return parser.parse(text)
+  except ValueError:
+    wanted = "true or false" if field_type is bool else f"a valid {field_type.__name__}"
+    raise UserError(f"config.{dotted} = {text!r}: it is not {wanted}.") from None
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> None:
-  """Sets dotted fields ('optimizer.learning_rate'); an unknown field is an error."""
+  """Sets dotted fields ('optimizer.learning_rate'); an unknown field is an error.
+
+  A value given as text (a command line's 'FIELD=VALUE') for a field that is not
+  a string is parsed as the field's type, as `--config.FIELD=VALUE` would be.
+  """
   for dotted, value in overrides.items():
+    if not has_field(config, dotted):
+      raise UserError(f"config.{dotted}: the config has no such field; check its "
+                      "spelling against the config file.")
     *parents, leaf = dotted.split(".")
     node = config
     for key in parents:
       node = node[key]
-    if leaf not in node:
-      raise UserError(f"override {dotted!r}: the config has no such field.")
-    node[leaf] = value
+    if isinstance(value, str):
+      value = _from_text(node.get_type(leaf), dotted, value)
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise UserError(f"config.{dotted} = {value!r}: {e}") from None

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 import ml_collections
 
+from mnist_jax.core import config as config_lib
 from mnist_jax.core.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -75,8 +76,7 @@ def _flatten(tree: Dict, prefix: str = "") -> Dict:
 
 
 def _base_defaults() -> Dict:
-  from mnist_jax.core.config import base_config  # config -> errors only: no cycle
-  return _flatten(config_as_dict(base_config()))
+  return _flatten(config_as_dict(config_lib.base_config()))
 
 
 def config_differences(saved: Dict, new: Dict) -> List[str]:
@@ -123,12 +123,19 @@ def clear(workdir: str) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config as trained, with defaults for the fields older code did
+  not write (config.from_saved): the one way a run's config is read back."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise UserError(f"{path} not found: {workdir!r} is not a training run "
                     "directory; train one with `python -m mnist_jax train`.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  try:
+    return config_lib.from_saved(saved)
+  except TypeError as e:  # a field whose type has changed since the run was saved
+    raise UserError(f"{path} does not fit today's config fields ({e}): train the run "
+                    "again (--force), or read it with the code that wrote it.") from None
 
 
 def append_metrics(workdir: str, metrics: Dict) -> None:

@@ -1,7 +1,5 @@
-"""The command line shared by the experiments/ scripts.
-
-  python experiments/<study>.py --preset cpu|full [--quick] [--out DIR]
-                                [--data_dir DIR] [--tables_only]
+"""One study from its declaration to its tables: what `python -m mnist_jax study
+NAME` (and `python experiments/NAME.py`) runs.
 
 Trains what is not finished yet, then builds the tables (Markdown, LaTeX, CSV)
 under <out>/tables and the figures (PNG, PDF) under <out>/figures from the
@@ -10,17 +8,11 @@ run directories. The default <out> is runs/studies/<study>/<preset>[-quick].
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
-# Quiet TensorFlow's C++ start-up chatter (it is only used by tfds to read data).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from mnist_jax.studies import results as aggregate, runner as study_lib, spec  # noqa: E402
-from mnist_jax.core.errors import UserError  # noqa: E402
+from mnist_jax.core.errors import UserError
+from mnist_jax.studies import results as aggregate, runner as study_lib, spec
 
 # report(study, preset, study_dir, results) -> paths of the tables and figures written
 Report = Callable[[spec.Study, spec.Preset, str,
@@ -28,52 +20,34 @@ Report = Callable[[spec.Study, spec.Preset, str,
 AfterRunFor = Callable[[spec.Preset], study_lib.AfterRun]
 
 
-def parse(argv: Sequence[str], presets: Dict[str, spec.Preset],
-          description: str) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
-  parser.add_argument("--preset", choices=sorted(presets), default="cpu",
-                      help="training budget (see the script's docstring)")
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny form for tests: 2 seeds, 1 epoch, 1000/500 images")
-  parser.add_argument("--out", default=None, help="study folder (default: "
-                      "runs/studies/<study>/<preset>[-quick])")
-  parser.add_argument("--data_dir", default=None,
-                      help="folder with the MNIST .gz files (default: $MNIST_DIR)")
-  parser.add_argument("--vmap_seeds", action="store_true",
-                      help="train each point's seeds together in one vmapped "
-                      "program (see docs/performance.md for when it is faster)")
-  parser.add_argument("--tables_only", action="store_true",
-                      help="rebuild tables and figures from the runs, train nothing")
-  return parser.parse_args(argv)
+def default_out(study: spec.Study, preset_name: str, quick: bool) -> str:
+  return os.path.join("runs", "studies", study.name,
+                      preset_name + ("-quick" if quick else ""))
 
 
-def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report,
-        argv: Sequence[str], after_run_for: Optional[AfterRunFor] = None,
-        description: str = "") -> List[str]:
-  """Trains and reports one study; returns the files written."""
-  args = parse(argv, presets, description or study.name)
-  preset = presets[args.preset]
-  if args.quick:
-    preset = spec.quick(preset)
-  out = args.out or os.path.join("runs", "studies", study.name,
-                                 args.preset + ("-quick" if args.quick else ""))
-  if not args.tables_only:
-    after_run = after_run_for(preset) if after_run_for else None
-    study_lib.run_study(study, preset, out, mnist_dir=args.data_dir,
-                        after_run=after_run, vmap_seeds=args.vmap_seeds)
-  results = aggregate.collect(study, preset, out)
-  paths = report(study, preset, out, results)
+def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report, *,
+        preset: str = "cpu", quick: bool = False, out: Optional[str] = None,
+        mnist_dir: Optional[str] = None, vmap_seeds: bool = False,
+        tables_only: bool = False,
+        after_run_for: Optional[AfterRunFor] = None) -> List[str]:
+  """Trains (unless `tables_only`) and reports one study; returns the files written.
+
+  `quick` is the tiny form for tests (spec.quick: 2 seeds, 1 epoch, 1000/500 images).
+  """
+  if preset not in presets:
+    raise UserError(f"study {study.name} has no preset {preset!r}: use one of "
+                    f"{', '.join(sorted(presets))}.")
+  chosen = spec.quick(presets[preset]) if quick else presets[preset]
+  out = out or default_out(study, preset, quick)
+  if not tables_only:
+    after_run = after_run_for(chosen) if after_run_for else None
+    study_lib.run_study(study, chosen, out, mnist_dir=mnist_dir,
+                        after_run=after_run, vmap_seeds=vmap_seeds)
+  results = aggregate.collect(study, chosen, out)
+  paths = report(study, chosen, out, results)
   for path in paths:
     if path.endswith(".md"):
-      print(f"\n{path}\n" + open(path).read())
+      with open(path) as f:
+        print(f"\n{path}\n" + f.read())
   print("wrote " + ", ".join(paths))
   return paths
-
-
-def main(study, presets, report, after_run_for=None, description="") -> None:
-  """`run` for a script's __main__: bad input ends in `error: ...`, exit 2."""
-  try:
-    run(study, presets, report, sys.argv[1:], after_run_for, description)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)

@@ -1,6 +1,6 @@
-r"""Throughput benchmark: `python -m mnist_jax.benchmark [flags]`.
+r"""Throughput benchmark: `python -m mnist_jax benchmark [flags]`.
 
-  python -m mnist_jax.benchmark --configs configs/mlp.py,configs/cnn.py \
+  python -m mnist_jax benchmark --configs configs/mlp.py,configs/cnn.py \
       --variants model.conv_impl=xla,im2col --out runs/benchmark.csv
 
 For each config (and each variant of one config field, for an A/B test):
@@ -23,7 +23,7 @@ forward pass (backward = 2x forward: gradients of inputs and of weights).
 
 from __future__ import annotations
 
-import argparse
+import copy
 import csv
 import functools
 import os
@@ -41,13 +41,10 @@ import numpy as np
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.engine import multiseed
 from mnist_jax.engine import evaluate as eval_lib, loop as loop_lib, mesh as mesh_lib, state as state_lib, steps as steps_lib
-from mnist_jax.core.config import load_config_file
+from mnist_jax.core.config import apply_overrides, has_field, load_config_file
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import Conv
-
-DEFAULT_CONFIGS = "configs/mlp.py,configs/cnn.py,configs/speedrun.py"
-
 
 def forward_flops_per_image(model_config: ml_collections.ConfigDict) -> int:
   """2 x multiply-adds of every Conv and Dense layer for one 28x28x1 image."""
@@ -168,58 +165,34 @@ def parse_variants(spec: str) -> List[Tuple[str, str]]:
   return [(field, v) for v in values.split(",")]
 
 
-def with_override(config: ml_collections.ConfigDict, field: str,
-                  value: str) -> ml_collections.ConfigDict:
-  """A copy of `config` with `field` (dotted) set to `value`, typed like the default."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if not field:
-    return config
-  *parents, leaf = field.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  if leaf not in node:
-    raise UserError(f"--variants field {field!r} is not in the config.")
-  node[leaf] = _typed_like(node[leaf], value, field)
-  return config
-
-
-def _typed_like(old, value: str, field: str):
-  """`value` (command-line text) as the type of the config's default `old`."""
-  if isinstance(old, bool):
-    if value.lower() not in ("true", "false"):
-      raise UserError(f"--variants {field}: {value!r} is not true or false.")
-    return value.lower() == "true"
-  if isinstance(old, (int, float)):
-    try:
-      return type(old)(value)
-    except ValueError:
-      raise UserError(f"--variants {field}: {value!r} is not a valid {type(old).__name__}.")
-  return value
-
-
-def _has_field(config: ml_collections.ConfigDict, field: str) -> bool:
-  node = config
-  for part in field.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def build_cases(config_paths: Sequence[str], variants: str, mesh) -> List[Case]:
-  """One Case per config and variant; a config without the varied field gets one."""
-  cases = []
-  for path in config_paths:
-    base = load_config_file(path)
+  """One Case per config and variant; a config without the varied field gets one
+  (e.g. conv_impl for the MLP), but the field must be in one of them."""
+  bases = [(path, load_config_file(path)) for path in config_paths]
+  varied = parse_variants(variants)[0][0]
+  if varied and not any(has_field(base, varied) for _, base in bases):
+    raise UserError(f"--variants {varied}: none of {', '.join(config_paths)} has that "
+                    "field; check its spelling against the config files.")
+  configs = []  # all of them first: a bad value fails before any compiling
+  for path, base in bases:
     name = os.path.splitext(os.path.basename(path))[0]
     chosen = parse_variants(variants)
-    if chosen[0][0] and not _has_field(base, chosen[0][0]):
+    if varied and not has_field(base, varied):
       chosen = [("", "")]  # e.g. conv_impl for the MLP
     for field, value in chosen:
       label = f"{name} {field.split('.')[-1]}={value}" if field else name
-      cases.append(Case(label, with_override(base, field, value), mesh))
-  return cases
+      configs.append((label, with_override(base, field, value)))
+  return [Case(label, config, mesh) for label, config in configs]
+
+
+def with_override(config: ml_collections.ConfigDict, field: str,
+                  value: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with `field` (dotted; '' = none) set to the text `value`,
+  typed like the field's default (config.apply_overrides)."""
+  config = copy.deepcopy(config)
+  if field:
+    apply_overrides(config, {field: value})
+  return config
 
 
 def end_to_end_images_per_s(config: ml_collections.ConfigDict, split: str,
@@ -275,51 +248,33 @@ def write_csv(path: str, rows: List[Dict]) -> None:
     writer.writerows(rows)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--configs", default=DEFAULT_CONFIGS,
-                      help="comma-separated config files")
-  parser.add_argument("--variants", default="",
-                      help="FIELD=V1,V2: one case per value (A/B test)")
-  parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case")
-  parser.add_argument("--steps", type=int, default=20, help="train steps per round")
-  parser.add_argument("--seeds", type=int, default=0,
-                      help="also time one train step vmapped over this many seeds")
-  parser.add_argument("--e2e_split", default="",
-                      help="also train two epochs on this MNIST slice (e.g. 'train')")
-  parser.add_argument("--out", default="runs/benchmark.csv", help="CSV file to write")
-  return parser.parse_args(argv)
-
-
-def main(argv=None) -> List[Dict]:
-  args = parse_args(argv)
+def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
+        steps: int = 20, seeds: int = 0, e2e_split: str = "",
+        out: str = "runs/benchmark.csv") -> List[Dict]:
+  """Times every case (module docstring), prints the table, writes `out` (CSV)."""
+  if seeds < 0 or seeds == 1:
+    raise UserError(f"--seeds {seeds}: give 2 or more seeds to vmap (0 = off).")
+  if rounds < 1 or steps < 1:
+    raise UserError(f"--rounds {rounds} --steps {steps}: time at least 1 round of 1 step.")
+  parse_variants(variants)  # a malformed --variants fails before any compiling
   print(mesh_lib.describe_devices())
   mesh = mesh_lib.make_mesh()
-  cases = build_cases(args.configs.split(","), args.variants, mesh)
-  if args.seeds < 0 or args.seeds == 1:
-    raise UserError(f"--seeds {args.seeds}: give 2 or more seeds to vmap (0 = off).")
-  for case in cases if args.seeds else []:
-    case.seeds = SeedsCase(case, args.seeds, mesh)
+  cases = build_cases(configs, variants, mesh)
+  for case in cases if seeds else []:
+    case.seeds = SeedsCase(case, seeds, mesh)
   matmul = []
-  for _ in range(args.rounds):  # interleaved: every case sees the same load
+  for _ in range(rounds):  # interleaved: every case sees the same load
     matmul.append(matmul_gflops(repeats=3))
     for case in cases:
-      case.run_round(args.steps)
-      if args.seeds:
-        case.seeds.run_round(args.steps)
+      case.run_round(steps)
+      if seeds:
+        case.seeds.run_round(steps)
   rows = [summarise(c, statistics.median(matmul)) for c in cases]
-  if args.e2e_split:
+  if e2e_split:
     for case, row in zip(cases, rows):
-      row["e2e_train_img_s"] = round(end_to_end_images_per_s(case.config, args.e2e_split))
+      row["e2e_train_img_s"] = round(end_to_end_images_per_s(case.config, e2e_split))
       row["e2e_vs_step"] = round(row["e2e_train_img_s"] / row["train_img_s"], 3)
   print_table(rows)
-  write_csv(args.out, rows)
-  print(f"wrote {args.out}")
+  write_csv(out, rows)
+  print(f"wrote {out}")
   return rows
-
-
-if __name__ == "__main__":
-  try:
-    main()
-  except UserError as e:
-    raise SystemExit(f"error: {e}")

@@ -1,0 +1,75 @@
+"""Command line: `python -m mnist_jax COMMAND [flags]` (or `mnist-jax COMMAND ...`).
+
+  train     --config configs/cnn.py --workdir runs/cnn [--config.num_epochs=3 ...]
+            [--seeds 0,1,2] [--force] [--data_dir D] [--nodeterministic] [--multihost ...]
+  evaluate  --workdir runs/cnn [--data_dir D]
+  plot      --workdir runs/cnn [--format png|pdf] [--digit 0] [--data_dir D]
+  predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
+            [--figure out.png] [--no-preprocess]
+  ensemble  --workdirs runs/a,runs/b,runs/c [--split test|validation] [--out DIR]
+  study     NAME [--preset cpu|full] [--quick] [--out DIR] [--data_dir D]
+            [--vmap_seeds] [--tables_only]
+  frontier  [--recipe cpu|full] [--out DIR] [--data_dir D] [--tables_only]
+  benchmark [--configs C1,C2] [--variants FIELD=V1,V2] [--rounds 7] [--steps 20]
+            [--seeds N] [--e2e_split SPLIT] [--out FILE]
+
+Each command has its own flags (`python -m mnist_jax COMMAND -h`); a flag of
+another command is an error. Kept thin on purpose: every command calls a
+library function. Bad input ends in one line on stderr, `error: ...`, and exit
+status 2, never a traceback; Ctrl-C ends with status 130.
+"""
+
+import os
+
+# TensorFlow is only tfds's reader here: quiet its C++ start-up chatter and keep
+# it off oneDNN. The one place this is set; it precedes every TF import, as the
+# library imports TF only when it loads data.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import sys  # noqa: E402
+from typing import Dict, Optional, Sequence  # noqa: E402
+
+from mnist_jax.cli import experiments, runs, tools  # noqa: E402
+from mnist_jax.cli.command import PROGRAM, Command, help_text, parse  # noqa: E402
+from mnist_jax.core.errors import UserError  # noqa: E402
+
+COMMANDS: Dict[str, Command] = {
+    c.name: c for c in runs.COMMANDS + experiments.COMMANDS + tools.COMMANDS}
+_HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def usage() -> str:
+  lines = [f"usage: {PROGRAM} COMMAND [flags]   ({PROGRAM} COMMAND -h: its flags)",
+           "", "commands:"]
+  lines += [f"  {c.name:10s} {c.summary}" for c in COMMANDS.values()]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+  """Runs `argv` (the words after the program name); returns the exit status."""
+  if not argv or argv[0] in _HELP + ("help",):
+    print(usage())
+    return 0 if argv else 2
+  if argv[0] not in COMMANDS:
+    raise UserError(f"unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)}.")
+  command, rest = COMMANDS[argv[0]], list(argv[1:])
+  flag_words = rest[:rest.index("--")] if "--" in rest else rest
+  if any(word in _HELP for word in flag_words):
+    print(help_text(command))
+    return 0
+  fv, args = parse(command, rest)
+  return command.run(fv, args)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> None:
+  """The entry point: `main` with the one error handler; exits the process."""
+  try:
+    code = main(sys.argv[1:] if argv is None else argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    code = e.exit_code
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    code = 130
+  sys.exit(code)

@@ -1,0 +1,115 @@
+"""What every command shares: its own flags, their parsing and help, and the
+flags several commands take (data folder, device set-up).
+
+Each command parses into its own `absl.flags.FlagValues`, so a flag of another
+command is an unknown flag, and `--config` keeps ml_collections' typed
+`--config.FIELD=VALUE` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from absl import flags
+from ml_collections import config_flags
+
+from mnist_jax.core import runtime
+from mnist_jax.core.errors import UserError
+
+PROGRAM = "python -m mnist_jax"
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One subcommand: `define(fv, argv)` declares its flags, `run(fv, args)` does
+  the work with the parsed flags and the positional `args`; returns the exit status."""
+  name: str
+  summary: str
+  define: Callable[[flags.FlagValues, Sequence[str]], None]
+  run: Callable[[flags.FlagValues, List[str]], int]
+  usage: str = ""  # after the command name: required flags and positional args
+  required: Tuple[str, ...] = ()
+  positional: Optional[str] = None  # what its positional args are; None: it takes none
+
+
+def _one_line(error: Exception) -> str:
+  """absl/config_flags messages can be multi-line reprs of a KeyError."""
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]  # a repr'd string: drop its quotes and escapes
+  text = text.replace("\\n", " ").replace("\\'", "'")
+  return " ".join(text.split())
+
+
+def parse(command: Command, argv: Sequence[str]) -> Tuple[flags.FlagValues, List[str]]:
+  """`argv` (after the command name) parsed by the command's own flags:
+  (flag values, positional args). Unknown or bad flags raise UserError."""
+  fv = flags.FlagValues()
+  command.define(fv, [command.name, *argv])
+  try:
+    args = fv([command.name, *argv])[1:]
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # config_flags reports a misspelt --config.FIELD as one of these.
+    raise UserError(f"{command.name}: {_one_line(e)} (`{PROGRAM} {command.name} -h` "
+                    "lists its flags).") from None
+  missing = [name for name in command.required if fv[name].value in (None, [])]
+  if missing:
+    raise UserError(f"{command.name} needs --{missing[0]} (`{PROGRAM} "
+                    f"{command.name} -h` lists its flags).")
+  if args and command.positional is None:
+    raise UserError(f"{command.name} takes no arguments besides its flags "
+                    f"(got {' '.join(args)}).")
+  return fv, args
+
+
+def help_text(command: Command) -> str:
+  """The command's usage line and its flags (absl's own help for each flag)."""
+  fv = flags.FlagValues()
+  command.define(fv, [command.name])
+  lines = [f"usage: {PROGRAM} {command.name} {command.usage}".rstrip(), "",
+           command.summary + ".", "", "flags:"]
+  for name in fv:
+    flag = fv[name]
+    if name != flag.name:
+      continue  # a short name of a flag listed under its long name
+    switch = "--[no]" if flag.boolean else "--"
+    kind = f" ({flag.parser.syntactic_help})" if flag.parser.syntactic_help else ""
+    shown = not (flag.default is None or flag.default is False or flag.default == "")
+    default = f" (default: {flag.default_as_str})" if shown else ""
+    lines.append(f"  {switch}{name}: {flag.help}{kind}{default}")
+  return "\n".join(lines)
+
+
+def define_config(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "config file (e.g. configs/cnn.py); override any field with "
+      "--config.FIELD=VALUE", flag_values=fv, lock_config=True, sys_argv=list(argv))
+
+
+def define_data_dir(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("data_dir", None, "folder with the four original MNIST .gz "
+                      "files (default: $MNIST_DIR)", flag_values=fv)
+
+
+def define_device_flags(fv: flags.FlagValues) -> None:
+  """Flags read by `start_jax`, for the commands that run a model on devices."""
+  flags.DEFINE_bool("deterministic", True, "deterministic GPU kernels "
+                    "(--xla_gpu_deterministic_ops); --nodeterministic trades bitwise "
+                    "reproducibility for speed. No effect on CPU", flag_values=fv)
+  flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize first: one "
+                    "process per host (TPU pod slice, GPU cluster)", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for "
+                      "--multihost where JAX cannot detect it (e.g. localhost runs)",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "number of processes, for --multihost "
+                       "where JAX cannot detect it", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "this process's index, for --multihost "
+                       "where JAX cannot detect it", flag_values=fv)
+
+
+def start_jax(fv: flags.FlagValues) -> None:
+  """XLA flags and multi-host set-up: both must precede JAX's first device use."""
+  runtime.set_gpu_determinism(fv.deterministic)
+  if fv.multihost:
+    runtime.init_multihost(fv.coordinator_address, fv.num_processes, fv.process_id)

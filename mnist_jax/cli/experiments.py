@@ -1,0 +1,102 @@
+"""Commands declared in the checkout's experiments/ folder: study, frontier.
+
+`experiments/NAME.py` declares a study (STUDY, PRESETS, report and optionally
+after_run_for) or the frontier (run); both are loaded by path from the
+checkout, so `python -m mnist_jax study NAME` and `python experiments/NAME.py`
+run the same declaration through the same code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from typing import List, Sequence
+
+from absl import flags
+
+from mnist_jax.cli.command import Command, define_data_dir
+from mnist_jax.core.config import REPO_ROOT
+from mnist_jax.core.errors import UserError
+
+EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "experiments")
+# The studies in experiments/ (one file each); tests check this list against the folder.
+STUDIES = ("mlp_vs_cnn", "robustness", "kernel_size", "stride", "lecun1998")
+
+
+def load_experiment(name: str) -> types.ModuleType:
+  """experiments/NAME.py as the module `experiments.NAME` (the one already
+  imported, if any, so that it is never declared twice in one process)."""
+  module_name = f"experiments.{name}"
+  if module_name in sys.modules:
+    return sys.modules[module_name]
+  path = os.path.join(EXPERIMENTS_DIR, f"{name}.py")
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: studies and the frontier are declared in the "
+                    "checkout's experiments/ folder; run from a checkout of mnist_jax.")
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[module_name]
+    raise
+  return module
+
+
+def _define_out(fv: flags.FlagValues, default: str) -> None:
+  flags.DEFINE_string("out", None, f"output folder (default: {default})", flag_values=fv)
+
+
+def _define_study(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  flags.DEFINE_string("preset", "cpu", "training budget, cpu or full (see the study's "
+                      "docstring)", flag_values=fv)
+  flags.DEFINE_bool("quick", False, "tiny form for tests: 2 seeds, 1 epoch, 1000/500 "
+                    "images", flag_values=fv)
+  _define_out(fv, "runs/studies/NAME/PRESET[-quick]")
+  define_data_dir(fv)
+  flags.DEFINE_bool("vmap_seeds", False, "train each point's seeds together in one "
+                    "vmapped program (docs/performance.md says when it is faster)",
+                    flag_values=fv)
+  flags.DEFINE_bool("tables_only", False, "rebuild tables and figures from the runs, "
+                    "train nothing", flag_values=fv)
+
+
+def study(fv: flags.FlagValues, args: List[str]) -> int:
+  if len(args) != 1 or args[0] not in STUDIES:
+    what = f"unknown study {' '.join(args)!r}" if args else "study needs a study name"
+    raise UserError(f"{what}: use one of {', '.join(STUDIES)}.")
+  module = load_experiment(args[0])
+  from mnist_jax.studies import script
+  script.run(module.STUDY, module.PRESETS, module.report, preset=fv.preset,
+             quick=fv.quick, out=fv.out, mnist_dir=fv.data_dir,
+             vmap_seeds=fv.vmap_seeds, tables_only=fv.tables_only,
+             after_run_for=getattr(module, "after_run_for", None))
+  return 0
+
+
+def _define_frontier(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  flags.DEFINE_string("recipe", "cpu", "cpu (3 seeds of configs/frontier_cpu.py) or "
+                      "full (M3, M5, M7: GPU/TPU)", flag_values=fv)
+  _define_out(fv, "runs/frontier/RECIPE")
+  define_data_dir(fv)
+  flags.DEFINE_bool("tables_only", False, "rebuild the table from finished members, "
+                    "train nothing", flag_values=fv)
+
+
+def frontier(fv: flags.FlagValues, args: List[str]) -> int:
+  load_experiment("frontier").run(fv.recipe, out=fv.out, mnist_dir=fv.data_dir,
+                                  tables_only=fv.tables_only)
+  return 0
+
+
+COMMANDS = [
+    Command("study", "run a study declared in experiments/NAME.py (" + ", ".join(STUDIES)
+            + "): train what is unfinished, then write its tables and figures",
+            _define_study, study, usage="NAME [flags]", positional="the study's name"),
+    Command("frontier", "train the accuracy frontier's members (experiments/frontier.py), "
+            "score their ensemble, tabulate them beside published results",
+            _define_frontier, frontier, usage="[flags]"),
+]

@@ -1,0 +1,161 @@
+"""Commands on one run directory or a few: train, evaluate, plot, predict, ensemble.
+
+Each command imports its library when it runs, so that `-h` and a bad flag are
+answered without importing JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+from absl import flags
+
+from mnist_jax.cli.command import (Command, define_config, define_data_dir,
+                                   define_device_flags, start_jax)
+from mnist_jax.core.errors import UserError
+
+
+def _define_workdir(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "run directory: config.json, metrics.jsonl, "
+                      "checkpoints", flag_values=fv)
+
+
+def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  define_config(fv, argv)
+  _define_workdir(fv)
+  flags.DEFINE_list("seeds", None, "train the config once per seed, seed S in "
+                    "WORKDIR/seedS, e.g. 0,1,2 (default: the config's seed, in WORKDIR)",
+                    flag_values=fv)
+  flags.DEFINE_bool("force", False, "overwrite a workdir that holds a run with "
+                    "another config (default: refuse and list the differences)",
+                    flag_values=fv)
+  define_data_dir(fv)
+  define_device_flags(fv)
+
+
+def _seeds(texts: List[str]) -> List[int]:
+  try:
+    seeds = [int(s) for s in texts]
+  except ValueError:
+    raise UserError(f"--seeds {','.join(texts)}: give whole numbers separated by "
+                    "commas, e.g. --seeds 0,1,2.") from None
+  if len(set(seeds)) != len(seeds):
+    raise UserError(f"--seeds {','.join(texts)}: give each seed once.")
+  return seeds
+
+
+def _final_line(config, final) -> str:
+  when = (f"of epoch {final['epoch']}, chosen by validation accuracy"
+          if config.select == "best_val" else f"after {final['epoch']} epochs")
+  return (f"final test accuracy {final['test_accuracy']:.4f} "
+          f"(loss {final['test_loss']:.4f}) {when}")
+
+
+def train(fv: flags.FlagValues, args: List[str]) -> int:
+  config = fv.config
+  if fv.seeds is None:
+    start_jax(fv)
+    from mnist_jax.engine.loop import train_and_evaluate
+    final = train_and_evaluate(config, fv.workdir, mnist_dir=fv.data_dir, force=fv.force)
+    print(f"{_final_line(config, final)}; run saved in {fv.workdir}")
+    return 0
+  seeds = _seeds(fv.seeds)
+  workdirs = [os.path.join(fv.workdir, f"seed{s}") for s in seeds]
+  start_jax(fv)
+  from mnist_jax.engine.loop import train_runs
+  finals = train_runs(config, seeds, workdirs, mnist_dir=fv.data_dir, force=fv.force)
+  for seed, workdir, final in zip(seeds, workdirs, finals):
+    print(f"seed {seed}: {_final_line(config, final)}; run saved in {workdir}")
+  return 0
+
+
+def _define_evaluate(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  _define_workdir(fv)
+  define_data_dir(fv)
+  define_device_flags(fv)
+
+
+def evaluate(fv: flags.FlagValues, args: List[str]) -> int:
+  start_jax(fv)
+  from mnist_jax.engine.restore import restore_and_evaluate
+  result = restore_and_evaluate(fv.workdir, mnist_dir=fv.data_dir)
+  print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f} "
+        f"({result['count']} images)")
+  return 0
+
+
+def _define_plot(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  _define_workdir(fv)
+  flags.DEFINE_enum("format", "png", ["png", "pdf"], "figure file format", flag_values=fv)
+  flags.DEFINE_integer("digit", 0, "index of the test image whose feature maps and "
+                       "softmax output are drawn", flag_values=fv)
+  define_data_dir(fv)
+
+
+def plot(fv: flags.FlagValues, args: List[str]) -> int:
+  from mnist_jax.inference.plots import make_figures
+  written, skipped = make_figures(fv.workdir, fv.format, fv.digit, mnist_dir=fv.data_dir)
+  for name, reason in skipped.items():
+    print(f"skipped {name}: {reason}")
+  for path in written.values():
+    print(f"wrote {path}")
+  return 0
+
+
+def _define_predict(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  _define_workdir(fv)
+  flags.DEFINE_integer("top", 1, "also list the TOP most probable digits (1 to 10)",
+                       flag_values=fv)
+  flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=fv)
+  flags.DEFINE_string("figure", None, "save the images as the network saw them, "
+                      "with their predictions, to this file", flag_values=fv)
+  flags.DEFINE_bool("no-preprocess", False, "the images are already 28x28 "
+                    "MNIST-style (light digit on black): use them as they are",
+                    flag_values=fv)
+
+
+def predict(fv: flags.FlagValues, args: List[str]) -> int:
+  if not 1 <= fv.top <= 10:
+    raise UserError(f"--top {fv.top}: use a number from 1 to 10.")
+  if not args:
+    raise UserError("predict needs image files or folders after the flags.")
+  from mnist_jax.inference.predict import report_predictions
+  return report_predictions(fv.workdir, args, top=fv.top, as_json=fv.json,
+                            figure=fv.figure, preprocess=not fv["no-preprocess"].value)
+
+
+def _define_ensemble(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  flags.DEFINE_list("workdirs", None, "the runs to combine, comma-separated",
+                    flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "score the members on "
+                    "the test set or on their validation split", flag_values=fv)
+  flags.DEFINE_string("out", None, "also write the result to OUT/ensemble.json",
+                      flag_values=fv)
+  define_data_dir(fv)
+  define_device_flags(fv)
+
+
+def ensemble(fv: flags.FlagValues, args: List[str]) -> int:
+  start_jax(fv)
+  from mnist_jax.inference.ensemble import report
+  report(fv.workdirs, fv.split, fv.out, mnist_dir=fv.data_dir)
+  return 0
+
+
+COMMANDS = [
+    Command("train", "train a config and evaluate it on the test set (a workdir "
+            "holding the same config resumes from its newest checkpoint)",
+            _define_train, train, usage="--config C --workdir W [--config.FIELD=VALUE ...] "
+            "[flags]", required=("config", "workdir")),
+    Command("evaluate", "restore a trained run and evaluate it on the test set",
+            _define_evaluate, evaluate, usage="--workdir W [flags]", required=("workdir",)),
+    Command("plot", "draw a trained run's figures into WORKDIR/figures/", _define_plot,
+            plot, usage="--workdir W [flags]", required=("workdir",)),
+    Command("predict", "recognise the digit in your own image files", _define_predict,
+            predict, usage="--workdir W [flags] IMAGE_OR_FOLDER...", required=("workdir",),
+            positional="image files or folders"),
+    Command("ensemble", "combine trained runs by averaged probabilities and by "
+            "majority vote", _define_ensemble, ensemble,
+            usage="--workdirs W1,W2,... [flags]", required=("workdirs",)),
+]

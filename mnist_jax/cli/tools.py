@@ -1,0 +1,40 @@
+"""The benchmark command (mnist_jax.tools.benchmark)."""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from absl import flags
+
+from mnist_jax.cli.command import Command
+
+_DEFAULT_CONFIGS = ["configs/mlp.py", "configs/cnn.py", "configs/speedrun.py"]
+
+
+def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  flags.DEFINE_list("configs", _DEFAULT_CONFIGS, "config files to time",
+                    flag_values=fv)
+  flags.DEFINE_string("variants", "", "FIELD=V1,V2: one case per value of one config "
+                      "field (an A/B test), e.g. model.conv_impl=xla,im2col",
+                      flag_values=fv)
+  flags.DEFINE_integer("rounds", 7, "timed rounds per case", flag_values=fv)
+  flags.DEFINE_integer("steps", 20, "train steps per round", flag_values=fv)
+  flags.DEFINE_integer("seeds", 0, "also time one train step vmapped over this many "
+                       "seeds (0 = off)", flag_values=fv)
+  flags.DEFINE_string("e2e_split", "", "also train two epochs on this MNIST slice "
+                      "(e.g. 'train')", flag_values=fv)
+  flags.DEFINE_string("out", "runs/benchmark.csv", "CSV file to write", flag_values=fv)
+
+
+def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
+  from mnist_jax.tools import benchmark as benchmark_lib
+  benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
+                    seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out)
+  return 0
+
+
+COMMANDS = [
+    Command("benchmark", "time training and evaluation steps of configs (images/s, "
+            "GFLOP/s, compile time), interleaved so that load slows all alike",
+            _define_benchmark, benchmark, usage="[flags]"),
+]
