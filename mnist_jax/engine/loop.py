@@ -311,6 +311,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_lib.validate(config)
   build_model(config.model)  # rejects an impossible architecture before any work
+  # One process trains a workdir: a second is refused at once (process 0 holds it).
+  with run_dir.locked(workdir, hold=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, mnist_dir, data, verbose, force)
+
+
+def _train_and_evaluate(config, workdir, mnist_dir, data, verbose, force) -> Dict:
   log = print if verbose else (lambda *a, **k: None)
   log(describe_devices())
   mesh = make_mesh()
