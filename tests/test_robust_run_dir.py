@@ -211,3 +211,14 @@ def test_an_invalid_extras_json_is_one_clear_error(tmp_path):
   (tmp_path / run_dir.EXTRAS_FILE).write_text("{")
   with pytest.raises(UserError, match=r"extras\.json is not valid JSON"):
     run_dir.read_extras(str(tmp_path))
+
+
+def test_force_starts_the_run_over_even_with_the_same_config(tmp_path):
+  """The way out that damaged-metrics and damaged-checkpoint errors name."""
+  run_dir.claim(str(tmp_path), tiny_config(), force=False)
+  write_epochs(tmp_path, [1])
+  (tmp_path / run_dir.CHECKPOINT_DIR / "20").mkdir(parents=True)
+  run_dir.claim(str(tmp_path), tiny_config(), force=False)  # a resume keeps them
+  assert epochs_of(tmp_path) == [1]
+  run_dir.claim(str(tmp_path), tiny_config(), force=True)
+  assert epochs_of(tmp_path) == [] and not (tmp_path / run_dir.CHECKPOINT_DIR).exists()

@@ -176,33 +176,30 @@ def config_differences(saved: Dict, new: Dict) -> List[str]:
 def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
   """Makes `workdir` this config's run: new, the same config (resume), or forced.
 
-  A workdir trained with another config is refused, naming the differing keys,
-  unless `force`, which deletes its config, metrics and checkpoints first.
-  A config.json with no checkpoint and no epoch line beside it (a first start
-  that failed, e.g. on a bad split) is no run yet: it is replaced.
+  A workdir trained with another config is refused, naming the differing keys.
+  `force` starts the run over: its config, metrics and checkpoints are deleted
+  first (also the way out of damaged metrics or checkpoints). A config.json
+  with no checkpoint and no epoch line beside it (a first start that failed,
+  e.g. on a bad split) is no run yet: it is replaced.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.isfile(path) and has_results(workdir):
-    diffs = _differences_from_saved(path, config, force)
-    if diffs and not force:
+  if force:
+    clear(workdir)
+  elif os.path.isfile(path) and has_results(workdir):
+    diffs = _differences_from_saved(path, config)
+    if diffs:
       raise UserError(
           f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
           "use a new --workdir, or pass --force to overwrite that run.")
-    if diffs:
-      clear(workdir)
   write_config(workdir, config)
 
 
-def _differences_from_saved(path: str, config: ml_collections.ConfigDict,
-                            force: bool) -> List[str]:
-  """config_differences against the saved config.json (which `force` may overwrite
-  when it is not valid JSON)."""
+def _differences_from_saved(path: str, config: ml_collections.ConfigDict) -> List[str]:
+  """config_differences between the saved config.json and `config`."""
   try:
     with open(path) as f:
       saved = json.load(f)
   except (ValueError, UnicodeDecodeError) as e:
-    if force:
-      return [f"{CONFIG_FILE}: not valid JSON"]
     raise UserError(f"{path} is not valid JSON ({e}): put back the run's config, or "
                     "pass --force to train the run again from the start.") from None
   return config_differences(saved, config_as_dict(config))
