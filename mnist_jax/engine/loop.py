@@ -351,8 +351,7 @@ def _train_and_evaluate(config, workdir, mnist_dir, data, verbose, force) -> Dic
     _loop(run, state, sums)
   finally:
     for mngr in filter(None, (run.mngr, run.best_mngr)):
-      mngr.wait_until_finished()
-      mngr.close()
+      checkpoint.finish(mngr)
   lines = run_dir.read_metrics(workdir)  # every epoch's, from before a resume too
   metrics = lines[run_dir.selected_index(lines, select)]
   if select == "best_val":
