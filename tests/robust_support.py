@@ -55,3 +55,11 @@ def error_line(result, exit_status=2):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, result.stderr[-3000:]
   return errors[0]
+
+
+def start_cli(*args, env_extra=None):
+  """`python -m mnist_jax ARGS` started in the background."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))
+  return subprocess.Popen([sys.executable, "-m", "mnist_jax", *map(str, args)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
