@@ -6,8 +6,9 @@ Config files in configs/ start from `base_config()` and set `config.model`.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Tuple
 
 import ml_collections
 from absl import flags
@@ -18,6 +19,9 @@ from mnist_jax.core.errors import UserError
 # The checkout: config files (configs/) and study declarations (experiments/)
 # are named relative to it.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# jax.random.key keeps a seed's low 32 bits (jax 0.10.2, x64 off: key(2**32) ==
+# key(0), key(-1) == key(2**32 - 1), measured), so only these seeds are distinct.
+MAX_SEED = 2**32 - 1
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects settings that cannot train, with a sentence saying what to change."""
+  validate_finite(config)
+  validate_seed(config.get("seed", 0))
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
     if key in config and int(config[key]) < 1:
       raise UserError(f"config.{key} = {config[key]}: it must be at least 1.")
@@ -95,6 +101,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_selection(config)
   if "augment" in config:
     validate_augment(config.augment)
+
+
+def _leaves(tree: Mapping, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+  """('a.b', value) for every leaf of a nested mapping; tuples' items too."""
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(value, (tuple, list)):
+      yield from ((f"{prefix}{key}[{i}]", v) for i, v in enumerate(value))
+    else:
+      yield f"{prefix}{key}", value
+
+
+def validate_finite(config: ml_collections.ConfigDict, name: str = "config") -> None:
+  """Rejects a NaN or infinite number anywhere in the config: a NaN learning
+  rate or rotation would otherwise train, diverge and be blamed on the rate."""
+  for key, value in _leaves(config.to_dict()):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"{name}.{key} = {value}: it must be a finite number.")
+
+
+def validate_seed(seed: Any) -> None:
+  """Rejects a seed that JAX's PRNG would truncate into another run's seed."""
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    raise UserError(f"config.seed = {seed}: use a whole number from 0 to {MAX_SEED} "
+                    "(2**32 - 1); JAX keeps only a seed's low 32 bits, so a larger "
+                    "one would train another seed's run.")
 
 
 def _validate_selection(config: ml_collections.ConfigDict) -> None:
@@ -116,6 +149,7 @@ def _validate_selection(config: ml_collections.ConfigDict) -> None:
 
 def validate_augment(aug: ml_collections.ConfigDict) -> None:
   """Rejects augmentation settings that are negative or out of range."""
+  validate_finite(aug, "config.augment")
   for key in ("rotation_deg", "translate_frac", "elastic_alpha"):
     if aug[key] < 0:
       raise UserError(f"config.augment.{key} = {aug[key]}: it must be >= 0 "

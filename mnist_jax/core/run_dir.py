@@ -1,6 +1,8 @@
 """The run directory: the one place results live.
 
   <workdir>/config.json     the run's full config
+  <workdir>/train.lock      held (fcntl.flock) by the process training the run;
+                            holds its PID while held, nothing otherwise
   <workdir>/metrics.jsonl   one JSON object per epoch (keys in METRIC_KEYS)
   <workdir>/checkpoints/    orbax checkpoints of the train state
   <workdir>/best_checkpoint/  the best epoch's state by validation accuracy
@@ -16,10 +18,14 @@ names cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
-from typing import Dict, List, Optional
+import sys
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 
@@ -33,6 +39,7 @@ BEST_CHECKPOINT_DIR = "best_checkpoint"
 EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
 FIGURES_DIR = "figures"
+LOCK_FILE = "train.lock"
 
 # Every epoch line of metrics.jsonl has these keys...
 METRIC_KEYS = (
@@ -43,15 +50,87 @@ METRIC_KEYS = (
 )
 # ...and these when the run has a validation split (config.data.validation_size).
 OPTIONAL_METRIC_KEYS = ("val_loss", "val_accuracy", "val_count")
+# Keys that differ between two runs of one config (wall-clock measurements).
+TIMING_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 SELECTIONS = ("last", "best_val")
 
 
+def write_error(error: OSError, path: str) -> UserError:
+  """A failed write of `path` as one line that says what to do."""
+  if error.errno == errno.ENOSPC:
+    return UserError(f"no space left on the device holding {path}: free some space "
+                     "and run the same command again (a run resumes from its last "
+                     "checkpoint).")
+  if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return UserError(f"cannot write {path} ({error.strerror}): make it writable or "
+                     "choose another --workdir.")
+  return UserError(f"cannot write {path} ({error.strerror or error}): check the path "
+                   "and the disk, then run the same command again.")
+
+
 def _write_atomic(path: str, text: str) -> None:
-  """Write-then-rename, so a kill never leaves a half-written file."""
+  """Write, fsync, then rename, so neither a kill nor a crash leaves half a file."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    raise write_error(e, path) from None
+
+
+def make_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed; a UserError if it cannot hold a run."""
+  if not workdir or not workdir.strip():
+    raise UserError("the workdir is empty (--workdir=): name a folder for the run, "
+                    "e.g. --workdir runs/mlp.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} is a file, not a folder: choose another "
+                    "--workdir.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise write_error(e, workdir) from None
+  return workdir
+
+
+@contextlib.contextmanager
+def locked(workdir: str, hold: bool = True) -> Iterator[None]:
+  """Holds `workdir` for this process: a second `train` on it is refused at once.
+
+  An OS lock (fcntl.flock) on <workdir>/train.lock, which holds the holder's
+  PID. The kernel drops the lock when its process ends, however it ends
+  (SIGKILL included), so a lock is never stale. filelock (PyPI, 4.3.1) takes
+  the same flock, but its `pid` reads only its soft-lock fallback (with flock
+  it raises AttributeError, tried), so recording the PID would need this file
+  handling anyway. Creates the workdir. `hold=False` (a multi-host run's
+  processes other than 0, which share the workdir) takes no lock.
+  """
+  if not hold:
+    yield
+    return
+  path = os.path.join(make_workdir(workdir), LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise write_error(e, path) from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      raise UserError(f"{workdir} is being trained by process {holder}: wait for it "
+                      "to finish or stop it, or use another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+      yield
+    finally:
+      os.ftruncate(fd, 0)  # an unheld lock names no process
+  finally:
+    os.close(fd)  # releases the flock
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> Dict:
@@ -97,20 +176,44 @@ def config_differences(saved: Dict, new: Dict) -> List[str]:
 def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
   """Makes `workdir` this config's run: new, the same config (resume), or forced.
 
-  A workdir trained with another config is refused, naming the differing keys,
-  unless `force`, which deletes its config, metrics and checkpoints first.
+  A workdir trained with another config is refused, naming the differing keys.
+  `force` starts the run over: its config, metrics and checkpoints are deleted
+  first (also the way out of damaged metrics or checkpoints). A config.json
+  with no checkpoint and no epoch line beside it (a first start that failed,
+  e.g. on a bad split) is no run yet: it is replaced.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.isfile(path):
-    with open(path) as f:
-      diffs = config_differences(json.load(f), config_as_dict(config))
-    if diffs and not force:
+  if force:
+    clear(workdir)
+  elif os.path.isfile(path) and has_results(workdir):
+    diffs = _differences_from_saved(path, config)
+    if diffs:
       raise UserError(
           f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
           "use a new --workdir, or pass --force to overwrite that run.")
-    if diffs:
-      clear(workdir)
   write_config(workdir, config)
+
+
+def _differences_from_saved(path: str, config: ml_collections.ConfigDict) -> List[str]:
+  """config_differences between the saved config.json and `config`."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}): put back the run's config, or "
+                    "pass --force to train the run again from the start.") from None
+  return config_differences(saved, config_as_dict(config))
+
+
+def has_results(workdir: str) -> bool:
+  """True if `workdir` holds an epoch line or a complete checkpoint."""
+  metrics = os.path.join(workdir, METRICS_FILE)
+  if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+    return True
+  # Orbax names a complete checkpoint by its step; a save still in progress
+  # (or killed) is '<step>.orbax-checkpoint-tmp...'.
+  return any(os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+             for d in (checkpoint_dir(workdir), best_checkpoint_dir(workdir)))
 
 
 def clear(workdir: str) -> None:
@@ -139,6 +242,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def append_metrics(workdir: str, metrics: Dict) -> None:
+  """Appends one epoch line, whole: one write, flushed and fsynced.
+
+  A kill cannot cut a write of a few hundred bytes to a local file, and the
+  fsync keeps the line through a crash; a line cut all the same (a full disk)
+  is the file's last, which readers drop (read_metrics).
+  """
   missing = set(METRIC_KEYS) - set(metrics)
   if missing:
     raise ValueError(f"epoch metrics lack {sorted(missing)}")
@@ -146,29 +255,100 @@ def append_metrics(workdir: str, metrics: Dict) -> None:
   if unknown:
     raise ValueError(f"epoch metrics have unknown keys {sorted(unknown)}: add "
                      "them to run_dir.METRIC_KEYS or OPTIONAL_METRIC_KEYS")
-  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-    f.write(json.dumps(metrics, sort_keys=True) + "\n")
+  path = os.path.join(workdir, METRICS_FILE)
+  try:
+    with open(path, "a") as f:
+      f.write(_line(metrics))
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise write_error(e, path) from None
+
+
+def _line(metrics: Dict) -> str:
+  return json.dumps(metrics, sort_keys=True) + "\n"
 
 
 def keep_epochs(workdir: str, completed: int) -> None:
-  """Drops metric lines past epoch `completed`: a resumed run writes them again.
+  """Makes metrics.jsonl hold exactly epochs 1..`completed`, those the
+  checkpoint being resumed has trained; called before a run resumes.
 
-  A run killed after writing epoch E's line but before its checkpoint became
-  durable redoes epoch E; without this, E would appear twice.
+  Lines past `completed` are dropped: a run killed after writing epoch E's
+  line but before its checkpoint became durable redoes epoch E. A line cut
+  off at the end is dropped, and an epoch written twice with the same values
+  (two processes on one workdir, before the lock) is kept once. Missing
+  epochs, or one epoch with two different lines, are a UserError: the run is
+  never extended over a gap.
   """
-  lines = [m for m in read_metrics(workdir) if m["epoch"] <= completed]
-  if len(lines) != len(read_metrics(workdir)):
-    _write_atomic(os.path.join(workdir, METRICS_FILE),
-                  "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+  path = os.path.join(workdir, METRICS_FILE)
+  lines, damaged = _read_lines(path)
+  kept = _one_per_epoch(path, [m for m in lines if m["epoch"] <= completed])
+  missing = sorted(set(range(1, completed + 1)) - {m["epoch"] for m in kept})
+  if missing:
+    raise UserError(
+        f"{path} lacks the lines of epoch(s) {', '.join(map(str, missing))}, which "
+        f"the checkpoint (after epoch {completed}) has trained: put the file back "
+        "from a copy, or pass --force to train the run again from the start.")
+  if damaged or kept != lines:
+    _write_atomic(path, "".join(_line(m) for m in kept))
+
+
+def _one_per_epoch(path: str, lines: List[Dict]) -> List[Dict]:
+  """`lines` sorted by epoch, each epoch once; two different lines for one
+  epoch (timings aside) are a UserError."""
+  by_epoch: Dict[int, Dict] = {}
+  for m in lines:
+    first = by_epoch.setdefault(m["epoch"], m)
+    if _without_timings(first) != _without_timings(m):
+      raise UserError(
+          f"{path} holds two different lines for epoch {m['epoch']} (two runs wrote "
+          "it at once): pass --force to train the run again from the start.")
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _without_timings(metrics: Dict) -> Dict:
+  return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
 def read_metrics(workdir: str) -> List[Dict]:
-  """All epoch lines of a run, in order; [] if it has none yet."""
-  path = os.path.join(workdir, METRICS_FILE)
+  """All epoch lines of a run, in order; [] if it has none yet.
+
+  A last line cut off mid-write is left out, with a one-line notice on
+  stderr; a damaged line before the last is a UserError.
+  """
+  return _read_lines(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def _read_lines(path: str) -> Tuple[List[Dict], bool]:
+  """(the epoch lines of metrics file `path`, whether a cut last line was dropped)."""
   if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [], False
+  with open(path, "rb") as f:
+    raw = [line for line in f.read().split(b"\n") if line.strip()]
+  lines = [_parse(line) for line in raw]
+  damaged = [i for i, m in enumerate(lines) if m is None]
+  if damaged and damaged != [len(lines) - 1]:
+    raise UserError(f"{path} line {damaged[0] + 1} is not an epoch line (the file was "
+                    "damaged or edited): put the file back from a copy, or pass "
+                    "--force to train the run again from the start.")
+  if damaged:
+    print(f"warning: {path}: left out its last line, cut off mid-write "
+          f"({raw[-1][:40].decode(errors='replace')!r}...); a resumed run writes that "
+          "epoch again.",
+          file=sys.stderr)
+    return lines[:-1], True
+  return lines, False
+
+
+def _parse(line: bytes) -> Optional[Dict]:
+  """The epoch line's dict, or None if it is not one (e.g. cut off)."""
+  try:
+    metrics = json.loads(line)
+  except ValueError:
+    return None
+  if not isinstance(metrics, dict) or type(metrics.get("epoch")) is not int:
+    return None
+  return metrics
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -208,19 +388,22 @@ def is_finished(workdir: str, num_epochs: int) -> bool:
 
 
 def _write_json(path: str, value: Dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)  # atomic: a killed writer never leaves half a file
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  except OSError as e:
+    raise write_error(e, os.path.dirname(path)) from None
+  _write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _read_json(path: str) -> Dict:
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}): delete it, and the command "
+                    "that wrote it writes it again.") from None
 
 
 def update_extras(workdir: str, **values) -> Dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from mnist_jax.core.errors import UserError
+
 GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 
 
@@ -33,8 +35,16 @@ def init_multihost(coordinator_address: Optional[str] = None,
   """Joins this process to a multi-process JAX run.
 
   On a TPU pod slice, or under SLURM / Open MPI, JAX finds all three values
-  itself; elsewhere (e.g. several processes on one machine) pass them.
+  itself; elsewhere (e.g. several processes on one machine) pass them. Where
+  JAX finds no cluster and none is given, it raises ValueError ("coordinator_address
+  should be defined", measured on one machine): a UserError here.
   """
   import jax
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"--multihost could not join a multi-process run "
+                    f"({' '.join(str(e).split())}): on one machine drop --multihost; "
+                    "elsewhere pass --coordinator_address host:port, --num_processes "
+                    "and --process_id.") from None

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from mnist_jax.core import config as config_lib
 from mnist_jax.core import data as data_lib
-from mnist_jax.core import run_dir
+from mnist_jax.core import run_dir, splits
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
@@ -311,6 +311,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_lib.validate(config)
   build_model(config.model)  # rejects an impossible architecture before any work
+  splits.validate_splits(config)  # a bad or empty split, before the workdir is touched
+  # One process trains a workdir: a second is refused at once (process 0 holds it).
+  with run_dir.locked(workdir, hold=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, mnist_dir, data, verbose, force)
+
+
+def _train_and_evaluate(config, workdir, mnist_dir, data, verbose, force) -> Dict:
   log = print if verbose else (lambda *a, **k: None)
   log(describe_devices())
   mesh = make_mesh()
@@ -344,8 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     _loop(run, state, sums)
   finally:
     for mngr in filter(None, (run.mngr, run.best_mngr)):
-      mngr.wait_until_finished()
-      mngr.close()
+      checkpoint.finish(mngr)
   lines = run_dir.read_metrics(workdir)  # every epoch's, from before a resume too
   metrics = lines[run_dir.selected_index(lines, select)]
   if select == "best_val":

@@ -15,6 +15,7 @@ the model was trained on.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -34,10 +35,17 @@ def read_image(path: str) -> Image.Image:
   if os.path.getsize(path) == 0:
     raise UserError(f"{path}: the file is empty; pass a PNG, JPEG, BMP or GIF image.")
   try:
-    with Image.open(path) as image:
-      first = next(ImageSequence.Iterator(image))
-      first.load()  # decode now, while the file is open: truncation shows here
-      return first.copy()
+    with warnings.catch_warnings():
+      # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a digit
+      # picture is never that large, and decoding one can take gigabytes.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        first = next(ImageSequence.Iterator(image))
+        first.load()  # decode now, while the file is open: truncation shows here
+        return first.copy()
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise UserError(f"{path}: too large to decode safely ({' '.join(str(e).split())}); "
+                    f"pass an image of at most {Image.MAX_IMAGE_PIXELS:,} pixels.") from None
   except UnidentifiedImageError:
     raise UserError(f"{path}: not an image Pillow can read; pass a PNG, JPEG, "
                     "BMP or GIF image.") from None

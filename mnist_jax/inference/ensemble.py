@@ -102,6 +102,12 @@ def load_eval_split(configs: Sequence[ml_collections.ConfigDict],
 
 
 def _check_workdirs(workdirs: Sequence[str]) -> None:
+  named = [w for w in workdirs if w.strip()]
+  if not named:
+    raise UserError("no runs given in --workdirs: pass --workdirs runs/a,runs/b[,...].")
+  if len(named) != len(workdirs):
+    raise UserError(f"--workdirs {','.join(workdirs)} has an empty entry (a comma too "
+                    "many): list the runs as runs/a,runs/b[,...].")
   if len(workdirs) < 2:
     raise UserError(f"an ensemble needs at least two runs (got {len(workdirs)}): "
                     "pass --workdirs runs/a,runs/b[,...].")

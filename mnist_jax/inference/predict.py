@@ -80,13 +80,35 @@ def predict_files(trained: TrainedModel, paths: List[str],
 
 
 def describe(result: Prediction, k: int = 1) -> str:
-  """`path: The number is probably a 5 (97.3%)`, plus the top k if k > 1."""
+  """`path: The number is probably a 5 (97.3%)` ('an 8'), plus the top k if k > 1."""
   digit, prob = result.top(1)[0]
-  line = f"{result.path}: The number is probably a {digit} ({prob:.1%})"
+  article = "an" if digit == 8 else "a"  # the only digit said with a vowel sound first
+  line = f"{result.path}: The number is probably {article} {digit} ({prob:.1%})"
   if k > 1:
     line += "; top " + str(k) + ": " + ", ".join(
         f"{d} ({p:.1%})" for d, p in result.top(k))
   return line
+
+
+def check_figure_path(path: str) -> None:
+  """A UserError unless a figure can be written to `path`: checked before any
+  prediction, so that a bad --figure does not end a run of predictions."""
+  from matplotlib.figure import Figure  # matplotlib: only when a figure is asked for
+  folder = os.path.dirname(os.path.abspath(path))
+  suffix = os.path.splitext(path)[1].lstrip(".").lower()
+  formats = Figure().canvas.get_supported_filetypes()
+  if os.path.isdir(path):
+    raise UserError(f"--figure {path} is a folder: give a file name, e.g. "
+                    f"{os.path.join(path, 'predictions.png')}.")
+  if suffix not in formats:
+    raise UserError(f"--figure {path}: unknown image format {suffix!r}; end the name "
+                    "with .png or .pdf.")
+  if not os.path.isdir(folder):
+    raise UserError(f"--figure {path}: folder {folder} does not exist; create it or "
+                    "choose another path.")
+  if not os.access(folder, os.W_OK):
+    raise UserError(f"--figure {path}: folder {folder} is not writable; choose "
+                    "another path.")
 
 
 def save_figure(results: List[Prediction], path: str) -> None:
@@ -96,13 +118,20 @@ def save_figure(results: List[Prediction], path: str) -> None:
     return
   titles = [f"{os.path.basename(r.path)[:18]}\n{r.top(1)[0][0]} ({r.top(1)[0][1]:.0%})"
             for r in good]
-  figures.save(figures.prediction_grid(np.stack([r.image for r in good]), titles), path)
+  try:
+    figures.save(figures.prediction_grid(np.stack([r.image for r in good]), titles),
+                 path)
+  except OSError as e:
+    raise UserError(f"--figure {path}: cannot write it ({e.strerror or e}); choose "
+                    "another path.") from None
 
 
 def report_predictions(workdir: str, paths: List[str], top: int = 1,
                        as_json: bool = False, figure: Optional[str] = None,
                        preprocess: bool = True) -> int:
   """Prints one line (or JSON) per file; exit status 1 if any file failed."""
+  if figure:
+    check_figure_path(figure)
   results = predict_files(trained_lib.load(workdir), paths, preprocess)
   for r in results:
     if r.error:

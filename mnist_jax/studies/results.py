@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 
 from mnist_jax.core import run_dir
+from mnist_jax.core.errors import UserError
 from mnist_jax.studies.spec import Point, Preset, Study, point_dir, run_workdir
 from mnist_jax.studies.stats import MeanStd, mean_std
 
@@ -61,11 +62,26 @@ def read_run(workdir: str, seed: int) -> Optional[RunResult]:
                    config.get("select", "last"))
 
 
+def check_study_dir(study_dir: str) -> None:
+  """A UserError if `study_dir` cannot hold a study's runs (it is a file)."""
+  if os.path.exists(study_dir) and not os.path.isdir(study_dir):
+    raise UserError(f"--out {study_dir} is a file, not a folder: choose a folder for "
+                    "the study's runs.")
+
+
 def collect(study: Study, preset: Preset, study_dir: str) -> List[PointResult]:
-  """Each point of the study with its finished runs (or its rejection)."""
+  """Each point of the study with its finished runs (or its rejection).
+
+  A study folder without one finished or rejected point is a UserError: its
+  tables would be empty (e.g. --tables_only before training, or a wrong --out).
+  """
+  check_study_dir(study_dir)
   results = []
   for point in study.points:
     reason = run_dir.read_rejection(point_dir(study_dir, point))
     runs = [read_run(run_workdir(study_dir, point, s), s) for s in preset.seeds]
     results.append(PointResult(point, [r for r in runs if r], reason))
+  if not any(r.runs or r.rejected for r in results):
+    raise UserError(f"no finished runs of study {study.name!r} in {study_dir}: train "
+                    "them first (without --tables_only), or give the study's --out.")
   return results

@@ -22,6 +22,7 @@ import ml_collections
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.engine import multiseed
+from mnist_jax.studies.results import check_study_dir
 from mnist_jax.studies.spec import (Point, Preset, Run, Study, point_config, point_dir,
                                      run_workdir)
 from mnist_jax.core.errors import UserError
@@ -121,6 +122,7 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
   """
   if train_fn is None:
     from mnist_jax.engine.loop import train_and_evaluate as train_fn
+  check_study_dir(study_dir)
   for point in study.points:
     reason = rejection(point, preset)
     if reason is not None:

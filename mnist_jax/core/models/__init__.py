@@ -11,6 +11,7 @@ from typing import Callable, Dict
 import flax.linen as nn
 import ml_collections
 
+from mnist_jax.core.data import NUM_CLASSES
 from mnist_jax.core.errors import UserError
 
 ModelBuilder = Callable[[ml_collections.ConfigDict], nn.Module]
@@ -37,6 +38,10 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
   if name not in _REGISTRY:
     raise UserError(f"unknown model {name!r}: set config.model.name to one of "
                     f"{', '.join(model_names())}.")
+  classes = model_config.get("num_classes", NUM_CLASSES)
+  if classes != NUM_CLASSES:
+    raise UserError(f"config.model.num_classes = {classes}: MNIST has {NUM_CLASSES} "
+                    f"classes (the digits 0-9); set it to {NUM_CLASSES}.")
   return _REGISTRY[name](model_config)
 
 

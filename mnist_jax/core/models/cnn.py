@@ -107,7 +107,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
     raise UserError(
         "CNN config lists per-stage settings of different lengths "
         f"({lengths}): give each of {', '.join(per_stage)} one entry per stage.")
-  for name in ("features", "kernel_sizes", "strides"):
+  for name in ("features", "kernel_sizes", "strides", "dense_features"):
     if any(int(v) < 1 for v in cfg[name]):
       raise UserError(f"config.model.{name} = {tuple(cfg[name])}: every entry "
                       "must be a positive integer.")

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import activation
 
@@ -37,5 +38,11 @@ class MLP(nn.Module):
 @register("mlp")
 def build_mlp(cfg: ml_collections.ConfigDict) -> MLP:
   activation(cfg.activation)  # validates the name now, not at first call
+  if any(int(width) < 1 for width in cfg.hidden_features):
+    raise UserError(f"config.model.hidden_features = {tuple(cfg.hidden_features)}: "
+                    "every width must be a positive integer (() for no hidden layer).")
+  if not 0.0 <= cfg.dropout_rate < 1.0:
+    raise UserError(f"config.model.dropout_rate = {cfg.dropout_rate}: use a value "
+                    "in [0, 1).")
   return MLP(hidden_features=tuple(cfg.hidden_features), activation=cfg.activation,
              dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes)
