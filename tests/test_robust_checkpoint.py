@@ -188,12 +188,14 @@ def test_other_orbax_errors_are_not_taken_for_a_full_disk(tmp_path, monkeypatch)
 
 
 def test_a_save_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path, monkeypatch):
-  """4 MB of parameters, 1 MB free: refused, and orbax is never called."""
+  """4.2 MB of parameters (5 MB + 1 MiB needed), 1 MB free: refused, and orbax
+  is never called."""
   usage = shutil.disk_usage(str(tmp_path))
   monkeypatch.setattr(checkpoint.shutil, "disk_usage",
                       lambda path: usage._replace(free=1 << 20))
   monkeypatch.setattr(ocp.CheckpointManager, "save", None)  # would raise TypeError
   state = types.SimpleNamespace(params={"w": np.zeros(1 << 20, np.float32)},
                                 opt_state={}, step=np.int32(0))
-  with pytest.raises(UserError, match=FULL_DISK):
+  with pytest.raises(UserError, match=r"only 1\.0 MB free on the device holding .*"
+                     r"needs about 6\.1 MB: free some space and run the same command"):
     checkpoint.save(checkpoint.manager(str(tmp_path)), 1, state, {})
