@@ -27,8 +27,9 @@ def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_list("seeds", None, "train the config once per seed, seed S in "
                     "WORKDIR/seedS, e.g. 0,1,2 (default: the config's seed, in WORKDIR)",
                     flag_values=fv)
-  flags.DEFINE_bool("force", False, "overwrite a workdir that holds a run with "
-                    "another config (default: refuse and list the differences)",
+  flags.DEFINE_bool("force", False, "start the run over, deleting what the workdir "
+                    "holds (default: resume a run of the same config; refuse "
+                    "another config and list the differences)",
                     flag_values=fv)
   define_data_dir(fv)
   define_device_flags(fv)
