@@ -1,7 +1,7 @@
 """Command line: `python -m mnist_jax COMMAND [flags]`.
 
   train     --config configs/cnn.py --workdir runs/cnn [--config.num_epochs=3 ...]
-            [--force] [--nodeterministic] [--multihost ...]
+            [--seeds 0,1,2] [--force] [--nodeterministic] [--multihost ...]
   evaluate  --workdir runs/cnn
   plot      --workdir runs/cnn [--format png|pdf] [--digit 0]
   predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
@@ -38,6 +38,9 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl,
                     "checkpoints.")
 flags.DEFINE_string("data_dir", None, "Folder with the four original MNIST .gz "
                     "files (default: $MNIST_DIR).")
+flags.DEFINE_list("seeds", None, "train: seeds to train together in one program, "
+                  "e.g. 0,1,2; seed S goes to WORKDIR/seedS (default: config.seed, "
+                  "in WORKDIR).")
 flags.DEFINE_bool("force", False, "Overwrite a workdir that holds a run with "
                   "another config (default: refuse and list the differences).")
 flags.DEFINE_bool("deterministic", True, "Deterministic GPU kernels "
@@ -85,14 +88,22 @@ def _start_jax() -> None:
 def cmd_train(args: List[str]) -> int:
   _require("config", "workdir")
   _start_jax()
-  from mnist_jax.engine.loop import train_and_evaluate
-  final = train_and_evaluate(_CONFIG.value, FLAGS.workdir, mnist_dir=FLAGS.data_dir,
-                             force=FLAGS.force)
-  when = (f"of epoch {final['epoch']}, chosen by validation accuracy"
-          if _CONFIG.value.get("select", "last") == "best_val"
-          else f"after {final['epoch']} epochs")
-  print(f"final test accuracy {final['test_accuracy']:.4f} "
-        f"(loss {final['test_loss']:.4f}) {when}; run saved in {FLAGS.workdir}")
+  from mnist_jax.engine.loop import train_runs
+  config = _CONFIG.value
+  try:
+    seeds = [int(seed) for seed in FLAGS.seeds] if FLAGS.seeds else [config.seed]
+  except ValueError:
+    raise UserError(f"--seeds {','.join(FLAGS.seeds)}: list whole numbers, "
+                    "e.g. --seeds 0,1,2.") from None
+  workdirs = ([os.path.join(FLAGS.workdir, f"seed{seed}") for seed in seeds]
+              if FLAGS.seeds else [FLAGS.workdir])
+  finals = train_runs(config, seeds, workdirs, mnist_dir=FLAGS.data_dir, force=FLAGS.force)
+  for seed, workdir, final in zip(seeds, workdirs, finals):
+    when = (f"of epoch {final['epoch']}, chosen by validation accuracy"
+            if config.select == "best_val" else f"after {final['epoch']} epochs")
+    who = f"seed {seed}: " if FLAGS.seeds else ""
+    print(f"{who}final test accuracy {final['test_accuracy']:.4f} "
+          f"(loss {final['test_loss']:.4f}) {when}; run saved in {workdir}")
   return 0
 
 
