@@ -1,15 +1,15 @@
 """The one evaluator: sums of loss and correct predictions, or probabilities.
 
 Every evaluation in the package goes through `_eval_batch`, one jitted
-function with the model's `apply_fn` static: one compilation per model (and
+function with the model static: one compilation per model (and
 output, and stacking), cached by jax.jit and reused by every epoch's end, by
-every shifted test set of the robustness curves (eval_lib.evaluate compiled
-anew on each call there: ~1 s each, 29 calls a run) and by every ensemble
-member. It evaluates one train state, or states stacked along a leading
-axis (several seeds trained together, engine/loop.py) under jax.vmap.
-Evaluation uses the moving average of the weights when the run keeps one
-(`state.eval_params`) and the batch norm running statistics when the model
-has them.
+every shifted or rotated test set of a run's robustness curves (30 in the
+cpu preset) and by every ensemble member (tests/test_evaluate.py counts the
+compilations). It evaluates one train state, or states stacked along a
+leading axis (several seeds trained together, engine/loop.py) under
+jax.vmap. Evaluation uses the moving average of the weights when the run
+keeps one (`eval_params`) and the batch norm running statistics when the
+model has them.
 
 Sums, never means of means: a split's totals are the host sums of each
 batch's sums (numpy's pairwise summation, in batch order), so a loss or
@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from typing import Dict
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,13 +57,24 @@ _OUTPUTS = {"sums": eval_step, "probabilities": probabilities_step}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _eval_batch(output: str, apply_fn, stacked: bool, params, batch: Batch, batch_stats):
+def _jitted_eval_batch(output: str, model, stacked: bool, params, batch: Batch,
+                       batch_stats):
   """`output` ('sums' or 'probabilities') of one batch; stacked: per state of a
   leading axis of params and batch_stats (the batch shared)."""
+  apply_fn = model.apply if isinstance(model, nn.Module) else model
   step = functools.partial(_OUTPUTS[output], apply_fn)
   if stacked:
     step = jax.vmap(step, in_axes=(0, None, 0))
   return step(params, batch, batch_stats)
+
+
+def _eval_batch(output: str, apply_fn, stacked: bool, params, batch: Batch, batch_stats):
+  """_jitted_eval_batch keyed by the model whose `apply` apply_fn is: equal
+  models (one config) share one compilation, where two bound methods of
+  equal modules would not (Python compares a method's __self__ by identity:
+  each new train state compiled again, measured in tests/test_evaluate.py)."""
+  model = getattr(apply_fn, "__self__", apply_fn)
+  return _jitted_eval_batch(output, model, stacked, params, batch, batch_stats)
 
 
 def batch_sums(state: TrainState, batch: Batch, stacked: bool = False) -> Dict:

@@ -60,7 +60,7 @@ def curves(accuracy: Callable[[np.ndarray], float], test: Split,
 def accuracy_fn(state, labels: np.ndarray,
                 batch_size: int) -> Callable[[np.ndarray], float]:
   """images -> accuracy of `state` on them, through the engine's evaluator
-  (compiled once per model, so the 29 transformed sets of a run share it)."""
+  (compiled once per model, so all the transformed sets of a run share it)."""
   mesh = mesh_lib.make_mesh()
   return lambda images: eval_lib.evaluate(state, Split(images=images, labels=labels),
                                           batch_size, mesh)["accuracy"]
