@@ -3,9 +3,9 @@ r"""Speedrun: a small CNN trained for 2 epochs, aiming at >= 99.0% mean test acc
   python -m mnist_jax train --config configs/speedrun.py --workdir runs/speedrun/0
 
 Five seeds: run the command above with --config.seed=0..4 and their own
-workdirs. (mnist_jax/multiseed.py can train them in one vmapped program, but
-for this config on the 2-core CPU that measured 0.88x the images/s of
-separate runs: see docs/performance.md.)
+workdirs. (`--seeds 0,1,2,3,4` trains them in one vmapped program, but for
+this config on the 2-core CPU that measured 0.88x the images/s of separate
+runs: see docs/performance.md.)
 
 conv16(3x3)-maxpool-conv32(3x3)-maxpool-dense128-dense10, ReLU, no dropout,
 Adam with a one-cycle schedule peaking at 3e-3, batch 64, 2 epochs, trained

@@ -168,8 +168,9 @@ def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
   monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
   study = spec.Study("tiny", [spec.Point("mlp8", MLP, {
       "model.hidden_features": (8,)})])
-  preset = spec.Preset(seeds=(0, 1), overrides={
-      "num_epochs": 1, "batch_size": 32, "eval_batch_size": 20})
+  preset = spec.Preset(seeds=(0, 1), overrides={  # a validation split: allowed now
+      "num_epochs": 1, "batch_size": 32, "eval_batch_size": 20,
+      "data.validation_size": 32, "select": "best_val"})
   messages = []
   runs = study_lib.run_study(study, preset, str(tmp_path / "v"), log=messages.append,
                              vmap_seeds=True)
@@ -181,14 +182,28 @@ def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
                                      data=splits, verbose=False)
     together = run_dir.read_metrics(run.workdir)[-1]
     assert together["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-4)
+    assert together["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-4)
 
 
 def test_a_started_run_is_left_out_of_the_seeds_trained_together(tmp_path):
   study = spec.Study("tiny", [spec.Point("mlp8", MLP, {})])
   preset = spec.Preset(seeds=(0, 1, 2), overrides={})
   runs = study_lib.plan(study, preset, str(tmp_path))
-  assert [[r.seed for r in g] for g in study_lib.fresh_seed_groups(runs)] == [[0, 1, 2]]
+  assert [[r.seed for r in g] for g in study_lib.seed_groups(runs)] == [[0, 1, 2]]
   os.makedirs(runs[1].workdir)  # seed 1 was interrupted: it resumes on its own
-  assert [[r.seed for r in g] for g in study_lib.fresh_seed_groups(runs)] == [[0, 2]]
+  assert [[r.seed for r in g] for g in study_lib.seed_groups(runs)] == [[0, 2]]
   os.makedirs(runs[2].workdir)
-  assert study_lib.fresh_seed_groups(runs) == []  # one fresh seed: nothing to vmap
+  assert study_lib.seed_groups(runs) == []  # one fresh seed: nothing to vmap
+
+
+def test_an_interrupted_group_resumes_together(tmp_path):
+  study = spec.Study("tiny", [spec.Point("mlp8", MLP, {})])
+  preset = spec.Preset(seeds=(0, 1, 2), overrides={"num_epochs": 1})
+  runs = study_lib.plan(study, preset, str(tmp_path))
+  for run in runs[:2]:  # as _train_together marks a group when it starts it
+    run_dir.update_extras(run.workdir, trained_with_seeds=[0, 1])
+  os.makedirs(runs[2].workdir)  # seed 2, started alone, resumes alone
+  assert [[r.seed for r in g] for g in study_lib.seed_groups(runs)] == [[0, 1]]
+  run_dir.write_config(runs[0].workdir, runs[0].config)
+  run_dir.append_metrics(runs[0].workdir, dict({k: 0 for k in run_dir.METRIC_KEYS}, epoch=1))
+  assert study_lib.seed_groups(runs) == []  # seed 0 finished (1 epoch): no group left

@@ -52,11 +52,13 @@ def shard_batch(arrays: Dict[str, np.ndarray], mesh) -> Batch:
           for k, v in arrays.items()}
 
 
-def shard_steps(idx_KxB: np.ndarray, mesh) -> jax.Array:
-  """K batches' indices, each row split over the devices like `shard_batch`."""
-  idx_KxB = np.asarray(idx_KxB)
-  return jax.make_array_from_callback(idx_KxB.shape, NamedSharding(mesh, P(None, "data")),
-                                      lambda index: idx_KxB[index])
+def shard_indices(idx: np.ndarray, mesh) -> jax.Array:
+  """Batch indices (..., B): each batch split over the devices like `shard_batch`
+  (leading axes, K steps and S seeds, whole on every device)."""
+  idx = np.asarray(idx)
+  spec = P(*([None] * (idx.ndim - 1)), "data")
+  return jax.make_array_from_callback(idx.shape, NamedSharding(mesh, spec),
+                                      lambda index: idx[index])
 
 
 def replicate(tree, mesh):

@@ -17,7 +17,7 @@ from mnist_jax.engine.state import TrainState, create_train_state
 
 def selected_checkpoint(config: ml_collections.ConfigDict) -> str:
   """'best' for runs that select by validation accuracy, else 'last'."""
-  return "best" if config.get("select", "last") == "best_val" else "last"
+  return "best" if config.select == "best_val" else "last"
 
 
 def restore_and_evaluate(workdir: str, *, mnist_dir: Optional[str] = None) -> Dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,26 @@ def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=init.get("batch_stats", {}),
                            ema_params=ema, ema_decay=ema_decay)
+
+
+def stack(trees: Sequence[Any]):
+  """Trees of equal structure stacked along a new leading axis (one entry each)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i: int):
+  """Entry `i` of a stacked tree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def stack_states(states: Sequence[TrainState]) -> TrainState:
+  """Train states stacked along a leading axis, one per seed.
+
+  apply_fn and tx are static and equal in function across seeds (one config):
+  the first state's are kept (optax's closures would not compare equal).
+  """
+  fields = ("step", "params", "opt_state", "batch_stats", "ema_params")
+  return states[0].replace(**{f: stack([getattr(s, f) for s in states]) for f in fields})
 
 
 def step_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:

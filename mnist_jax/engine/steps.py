@@ -10,6 +10,7 @@ project's CPUs (FIELD_NOTES), so the loop calls these per span, not per epoch.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -20,7 +21,7 @@ import optax
 
 from mnist_jax.core import augment as augment_lib
 from mnist_jax.core import data as data_lib
-from mnist_jax.engine.state import TrainState
+from mnist_jax.engine.state import TrainState, step_options
 
 Batch = Dict[str, jax.Array]
 
@@ -141,9 +142,31 @@ def gather_steps(state: TrainState, sums: Dict, train_data: Batch,
   return state, sums
 
 
+def train_program(config: ml_collections.ConfigDict, stacked: bool = False,
+                  steps_per_call: Optional[int] = None):
+  """The training loop's call, jitted with the state and sums donated:
+  fn(state, sums, train_data, idx, rng, aug_rng).
+
+  K = steps_per_call (default config.steps_per_dispatch) steps per call:
+  `gather_step` on idx_B when K = 1, `gather_steps` on idx_KxB otherwise.
+  `stacked`: the same function under jax.vmap over states, sums, indices and
+  keys stacked along a leading axis (one entry per seed), the training set
+  shared: several seeds in one compiled program.
+  """
+  k = config.steps_per_dispatch if steps_per_call is None else steps_per_call
+  fn = functools.partial(gather_step if k == 1 else gather_steps, **step_options(config))
+  if stacked:
+    fn = jax.vmap(fn, in_axes=(0, 0, None, 0, 0, 0))
+  return jax.jit(fn, donate_argnums=(0, 1))
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# Per seed of states stacked along a leading axis (a group of seeds, engine/loop.py).
+all_finite_per_seed = jax.jit(jax.vmap(all_finite))
 
 
 def dispatch_spans(first_batch: int, steps: int, k: int):

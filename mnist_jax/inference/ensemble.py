@@ -28,6 +28,7 @@ import numpy as np
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.errors import UserError
+from mnist_jax.inference import trained
 
 SPLITS = ("test", "validation")
 RESULT_FILE = "ensemble.json"
@@ -119,12 +120,13 @@ def _check_workdirs(workdirs: Sequence[str]) -> None:
 def evaluate_ensemble(workdirs: Sequence[str], split: str = "test",
                       mnist_dir: Optional[str] = None) -> Dict:
   """Restores every run, scores it and both ensembles on `split`; a JSON-able dict."""
-  from mnist_jax.inference import trained  # heavy: restores checkpoints
   if split not in SPLITS:
     raise UserError(f"--split {split}: use one of {', '.join(SPLITS)}.")
   _check_workdirs(workdirs)
   configs = [run_dir.read_config(w) for w in workdirs]
   images = load_eval_split(configs, workdirs, split, mnist_dir)
+  # Each member's probabilities through the engine's evaluator (members may be
+  # different models, so one call each rather than one vmapped call).
   probs = np.stack([trained.load(w).probabilities(images.images) for w in workdirs])
   result = combine(probs, images.labels)
   for member, workdir, config in zip(result["members"], workdirs, configs):

@@ -9,16 +9,14 @@ bilinear, zeros outside. Results go to the run's extras.json under
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Dict, Sequence
 
-import jax
 import numpy as np
 from scipy import ndimage
 
 from mnist_jax.core import run_dir
-from mnist_jax.engine import evaluate as eval_lib, mesh as mesh_lib, restore as restore_lib, state as state_lib
-from mnist_jax.core.data import Split, eval_batches
+from mnist_jax.core.data import Split
+from mnist_jax.engine import evaluate as eval_lib, mesh as mesh_lib, restore as restore_lib
 
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (down, right) steps
 EXTRAS_KEY = "robustness"
@@ -61,19 +59,11 @@ def curves(accuracy: Callable[[np.ndarray], float], test: Split,
 
 def accuracy_fn(state, labels: np.ndarray,
                 batch_size: int) -> Callable[[np.ndarray], float]:
-  """images -> accuracy of `state`, compiled once for all the transformed sets
-  (eval_lib.evaluate compiles on every call: ~1 s each, 29 calls a run)."""
-  step = jax.jit(functools.partial(eval_lib.eval_step, state.apply_fn))
+  """images -> accuracy of `state` on them, through the engine's evaluator
+  (compiled once per model, so all the transformed sets of a run share it)."""
   mesh = mesh_lib.make_mesh()
-
-  def accuracy(images: np.ndarray) -> float:
-    correct = count = 0.0
-    for x, y, mask in eval_batches(Split(images=images, labels=labels), batch_size):
-      sums = step(state_lib.eval_params(state), mesh_lib.shard_batch(
-          {"image": x, "label": y, "mask": mask}, mesh), state.batch_stats)
-      correct, count = correct + float(sums["correct"]), count + float(sums["count"])
-    return correct / count
-  return accuracy
+  return lambda images: eval_lib.evaluate(state, Split(images=images, labels=labels),
+                                          batch_size, mesh)["accuracy"]
 
 
 def evaluate_run(run, load_data, shifts: Sequence[int],
@@ -84,7 +74,7 @@ def evaluate_run(run, load_data, shifts: Sequence[int],
     return done
   _, test = load_data()
   state = restore_lib.restore_state(run.workdir, run.config,
-                              which=restore_lib.selected_checkpoint(run.config))
+                                    which=restore_lib.selected_checkpoint(run.config))
   result = curves(accuracy_fn(state, test.labels, run.config.eval_batch_size),
                   test, shifts, angles)
   run_dir.update_extras(run.workdir, **{EXTRAS_KEY: result})

@@ -10,7 +10,6 @@ epoch's checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Dict, List, Optional
 
 import flax.linen as nn
@@ -21,6 +20,8 @@ import numpy as np
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import CONV_MODULES, activation
+from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
+from mnist_jax.engine.state import eval_params, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +43,11 @@ class TrainedModel:
 
   def probabilities(self, images_NxHxWx1: np.ndarray,
                     batch_size: Optional[int] = None) -> np.ndarray:
-    """Softmax outputs NxC for uint8 images, in batches of one compiled shape."""
-    batch_size = batch_size or int(self.config.eval_batch_size)
-    split = data_lib.Split(images_NxHxWx1, np.zeros(len(images_NxHxWx1), np.int32))
-    probs = [np.asarray(_softmax(self.model, self.params, self.batch_stats,
-                                 images))[mask > 0]
-             for images, _, mask in data_lib.eval_batches(split, batch_size)]
-    return np.concatenate(probs)
+    """Softmax outputs NxC for uint8 images, in batches of one compiled shape
+    (the engine's evaluator: compiled once per model)."""
+    return eval_lib.probabilities(self.model.apply, self.params, self.batch_stats,
+                                  images_NxHxWx1,
+                                  batch_size or int(self.config.eval_batch_size))
 
   def feature_maps(self, image_HxWx1: np.ndarray) -> List[np.ndarray]:
     """Each conv stage's output after its activation (before pooling), HxWxF.
@@ -59,30 +58,17 @@ class TrainedModel:
     """
     x = data_lib.scale_pixels(image_HxWx1[None])
     _, state = self.model.apply(
-        _variables(self.params, self.batch_stats), x, train=False,
+        variables(self.params, self.batch_stats), x, train=False,
         capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
     acts = self.config.model.activations
     return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
             for i, name in enumerate(self.conv_stages)]
 
 
-def _variables(params: Dict, batch_stats: Dict) -> Dict:
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {
-      "params": params}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _softmax(model: nn.Module, params: Dict, batch_stats: Dict, images_uint8):
-  logits_BxC = model.apply(_variables(params, batch_stats),
-                           data_lib.scale_pixels(images_uint8), train=False)
-  return jax.nn.softmax(logits_BxC)
-
-
 def load(workdir: str) -> TrainedModel:
   """The run's config, model and selected checkpoint's evaluation parameters."""
-  from mnist_jax.engine import restore as restore_lib, state as state_lib
   config = run_dir.read_config(workdir)
-  state = restore_lib.restore_state(workdir, config, which=restore_lib.selected_checkpoint(config))
-  return TrainedModel(config, build_model(config.model),
-                      jax.device_get(state_lib.eval_params(state)),
+  state = restore_lib.restore_state(workdir, config,
+                                    which=restore_lib.selected_checkpoint(config))
+  return TrainedModel(config, build_model(config.model), jax.device_get(eval_params(state)),
                       jax.device_get(state.batch_stats))

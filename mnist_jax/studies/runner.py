@@ -8,8 +8,9 @@ by running the same command. A point whose config
 the model check rejects (an impossible architecture) is recorded as rejected,
 not trained. MNIST is loaded once per study and shared by all its runs.
 With `vmap_seeds`, the seeds of a point that none has started yet train
-together in one vmapped program (mnist_jax/multiseed.py), each seed's result
-equal to its separate run; a run found half-done is resumed on its own.
+together in one vmapped program (engine/loop.train_runs), each seed's result
+equal to its separate run up to float rounding; an interrupted group resumes
+together, and a run found half-done on its own resumes on its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import ml_collections
 
 from mnist_jax.core import data as data_lib, run_dir
-from mnist_jax.engine import multiseed
+from mnist_jax.engine.loop import train_and_evaluate, train_runs
 from mnist_jax.studies.results import check_study_dir
 from mnist_jax.studies.spec import (Point, Preset, Run, Study, point_config, point_dir,
                                      run_workdir)
@@ -76,25 +77,31 @@ def record_extras(run: Run, compile_time_s: Optional[float] = None) -> Dict:
   return run_dir.update_extras(run.workdir, **extras)
 
 
-def fresh_seed_groups(runs: Sequence[Run]) -> List[List[Run]]:
-  """Per point, its runs that have not started, when there are two or more and
-  multiseed can train them (it has no validation split)."""
-  groups: Dict[str, List[Run]] = {}
+def seed_groups(runs: Sequence[Run]) -> List[List[Run]]:
+  """Per point, the runs to train together, when there are two or more: those
+  not started yet, or those of a group that was interrupted (their extras'
+  `trained_with_seeds`, written as the group starts), which resume together."""
+  groups: Dict[tuple, List[Run]] = {}
   for run in runs:
     if not os.path.exists(run.workdir):
-      groups.setdefault(run.point.name, []).append(run)
-  return [group for group in groups.values() if len(group) > 1
-          and multiseed.supports(group[0].config)]
+      groups.setdefault((run.point.name, None), []).append(run)
+    elif not run_dir.is_finished(run.workdir, run.config.num_epochs):
+      together = run_dir.read_extras(run.workdir).get("trained_with_seeds")
+      if together:
+        groups.setdefault((run.point.name, tuple(together)), []).append(run)
+  return [group for (_, together), group in groups.items() if len(group) > 1
+          and (together is None or tuple(r.seed for r in group) == together)]
 
 
 def _train_together(group: Sequence[Run], load_data, log, study_name: str) -> None:
   seeds = [r.seed for r in group]
   log(f"[{study_name}] {group[0].point.name} seeds {seeds}: training together (vmap)")
-  finals = multiseed.train_seeds(group[0].config, seeds, [r.workdir for r in group],
-                                 data=load_data(), verbose=False)
+  for run in group:  # marks the group, so that an interrupted one resumes together
+    run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
+  finals = train_runs(group[0].config, seeds, [r.workdir for r in group],
+                      data=load_data(), verbose=False)
   for run, final in zip(group, finals):
     record_extras(run, final["compile_time_s"])
-    run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
   log(f"[{study_name}] {group[0].point.name}: test accuracy per seed "
       f"{[round(f['test_accuracy'], 4) for f in finals]}")
 
@@ -118,10 +125,10 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
 
   `after_run(run, load_data)` is called for every finished run, old or new
   (e.g. to evaluate it further); `load_data()` gives the shared (train, test).
-  `vmap_seeds` trains each point's not-yet-started seeds in one program.
+  `vmap_seeds` trains each point's not-yet-started seeds in one program
+  (see seed_groups).
   """
-  if train_fn is None:
-    from mnist_jax.engine.loop import train_and_evaluate as train_fn
+  train_fn = train_fn or train_and_evaluate
   check_study_dir(study_dir)
   for point in study.points:
     reason = rejection(point, preset)
@@ -138,7 +145,7 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
                                           test_split=test_split)
     return cache["data"]
 
-  together = fresh_seed_groups(runs) if vmap_seeds else []
+  together = seed_groups(runs) if vmap_seeds else []
   for group in together:
     _train_together(group, load_data, log, study.name)
   together_dirs = {run.workdir for group in together for run in group}

@@ -10,10 +10,12 @@ same process on the same backend. All cases are compiled first, then timed in
 interleaved rounds (A, B, A, B, ...) and the median round is reported, so a
 noisy shared machine slows every variant alike. Warm-up calls are excluded and
 every timing ends in `block_until_ready`, so it measures the device, on CPU,
-GPU or TPU alike. `--seeds N` also times one vmapped step over N seeds
-(mnist_jax/multiseed.py) against N separate steps. `--e2e_split` also runs
-`train_and_evaluate` for two epochs on that slice of MNIST, to compare the
-second epoch's images/s with the pure step's.
+GPU or TPU alike. Train steps are the training loop's own call (gathering
+the batch from a training set on the device), evaluation the engine's one
+evaluator. `--seeds N` also times that call vmapped over N seeds' stacked
+states, as the loop trains a group of seeds, against N separate steps.
+`--e2e_split` also runs `train_and_evaluate` for two epochs on that slice of
+MNIST, to compare the second epoch's images/s with the pure step's.
 
 FLOPs are counted analytically, per layer, from the shapes the model sees:
 2 per multiply-add of each Conv and Dense layer (activations, pooling, the
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
 import os
 import statistics
 import tempfile
@@ -39,8 +40,9 @@ import ml_collections
 import numpy as np
 
 from mnist_jax.core import data as data_lib, run_dir
-from mnist_jax.engine import multiseed
-from mnist_jax.engine import evaluate as eval_lib, loop as loop_lib, mesh as mesh_lib, state as state_lib, steps as steps_lib
+from mnist_jax.engine import evaluate as eval_lib, loop as loop_lib, mesh as mesh_lib
+from mnist_jax.engine import state as state_lib, steps as steps_lib
+from mnist_jax.engine.group import join_seeds
 from mnist_jax.core.config import apply_overrides, has_field, load_config_file
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
@@ -85,8 +87,43 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / seconds / 1e9
 
 
+class TrainCall:
+  """The training loop's train call (engine/steps.train_program, one step per
+  call) on one fixed batch, which is the whole training set it gathers from:
+  for one seed, or for `num_seeds` > 1 seeds' states stacked and the same
+  call under jax.vmap, as engine/loop.py trains a group of seeds."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_seeds: int, train_data, mesh):
+    self.num_seeds, self.train_data = num_seeds, train_data
+    keys = [state_lib.run_keys(seed) for seed in range(num_seeds)]
+    self.state = mesh_lib.replicate(join_seeds([
+        state_lib.create_train_state(config, k["init"], steps_per_epoch=100)
+        for k in keys]), mesh)
+    self.sums = mesh_lib.replicate(join_seeds([steps_lib.zero_sums()] * num_seeds), mesh)
+    self.keys = [join_seeds([k[name] for k in keys]) for name in ("dropout", "augment")]
+    idx_B = np.arange(config.batch_size, dtype=np.int32)
+    self.idx = mesh_lib.shard_indices(
+        np.tile(idx_B, (num_seeds, 1)) if num_seeds > 1 else idx_B, mesh)
+    program = steps_lib.train_program(config, num_seeds > 1, steps_per_call=1)
+    start = time.perf_counter()
+    self.step = program.lower(self.state, self.sums, train_data, self.idx,
+                              *self.keys).compile()
+    self.compile_s = time.perf_counter() - start
+    self.train_s: List[float] = []
+
+  def _call(self):
+    self.state, self.sums = self.step(self.state, self.sums, self.train_data, self.idx,
+                                      *self.keys)
+    return self.state.params, self.sums
+
+  def run_round(self, steps: int) -> None:
+    """Times `steps` calls, after one warm-up call."""
+    jax.block_until_ready(self._call())
+    self.train_s.append(time_calls(self._call, steps))
+
+
 class Case:
-  """One config compiled for timing: its train step, eval step and fixed batches."""
+  """One config compiled for timing: its train call, the evaluator, fixed batches."""
 
   def __init__(self, name: str, config: ml_collections.ConfigDict, mesh):
     self.name, self.config = name, config
@@ -96,62 +133,24 @@ class Case:
     images = lambda n: rng.integers(0, 256, (n,) + data_lib.IMAGE_SHAPE, np.uint8)
     labels = lambda n: (np.arange(n) % data_lib.NUM_CLASSES).astype(np.int32)
     b, e = config.batch_size, config.eval_batch_size
-    self.batch = mesh_lib.shard_batch({"image": images(b), "label": labels(b)}, mesh)
+    self.train_data = mesh_lib.replicate({"image": images(b), "label": labels(b)}, mesh)
     self.eval_batch = mesh_lib.shard_batch(
         {"image": images(e), "label": labels(e), "mask": np.ones(e, np.float32)}, mesh)
-    self.state = mesh_lib.replicate(
-        state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=100), mesh)
-    self.key = jax.random.key(1)
-    start = time.perf_counter()
-    self.train_step = jax.jit(
-        functools.partial(steps_lib.train_step, aug_rng=jax.random.key(2),
-                          **state_lib.step_options(config)),
-        donate_argnums=0).lower(self.state, self.batch, self.key).compile()
-    self.compile_s = time.perf_counter() - start
-    self.eval_step = jax.jit(functools.partial(eval_lib.eval_step, self.state.apply_fn)
-                             ).lower(state_lib.eval_params(self.state), self.eval_batch,
-                                     self.state.batch_stats).compile()
-    self.train_s: List[float] = []
+    self.train = TrainCall(config, 1, self.train_data, mesh)
     self.eval_s: List[float] = []
-    self.seeds = None  # a SeedsCase when --seeds is given
+    self.seeds = None  # a TrainCall over several seeds when --seeds is given
 
-  def _train_call(self):
-    self.state, metrics = self.train_step(self.state, self.batch, self.key)
-    return self.state.params, metrics
+  @property
+  def compile_s(self) -> float:
+    return self.train.compile_s
 
   def run_round(self, steps: int) -> None:
-    """Times `steps` train steps and `steps` eval batches, after one warm-up each."""
-    jax.block_until_ready(self._train_call())
-    self.train_s.append(time_calls(self._train_call, steps))
-    evaluate = lambda: self.eval_step(state_lib.eval_params(self.state), self.eval_batch,
-                                      self.state.batch_stats)
+    """Times `steps` train steps and `steps // 4` eval batches, after one
+    warm-up each (the evaluator's first call compiles it)."""
+    self.train.run_round(steps)
+    evaluate = lambda: eval_lib.batch_sums(self.train.state, self.eval_batch)
     jax.block_until_ready(evaluate())
     self.eval_s.append(time_calls(evaluate, max(1, steps // 4)))
-
-
-class SeedsCase:
-  """One config's train step vmapped over `num_seeds` stacked train states."""
-
-  def __init__(self, case: Case, num_seeds: int, mesh):
-    self.num_seeds, config = num_seeds, case.config
-    state, _, self.keys = multiseed.stacked_states(config, range(num_seeds), 100)
-    self.state = mesh_lib.replicate(state, mesh)
-    stack = lambda x: jnp.stack([x] * num_seeds)
-    batch = jax.tree.map(stack, case.batch)
-    self.batch = jax.device_put(batch, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, "data")))
-    self.step, self.compile_s = multiseed.compile_step(config, self.state, self.batch,
-                                                       self.keys)
-    self.train_s: List[float] = []
-
-  def _call(self):
-    self.state, metrics = self.step(self.state, self.batch, self.keys["dropout"],
-                                    self.keys["augment"])
-    return self.state.params, metrics
-
-  def run_round(self, steps: int) -> None:
-    jax.block_until_ready(self._call())
-    self.train_s.append(time_calls(self._call, steps))
 
 
 def parse_variants(spec: str) -> List[Tuple[str, str]]:
@@ -215,7 +214,7 @@ def summarise(case: Case, matmul: float) -> Dict:
   """One row of the results table (with the vmapped seeds' columns, if timed)."""
   b, e = case.config.batch_size, case.config.eval_batch_size
   fwd = forward_flops_per_image(case.config.model)
-  train_ips = b / statistics.median(case.train_s)
+  train_ips = b / statistics.median(case.train.train_s)
   gflops = 3 * fwd * train_ips / 1e9
   row = {"case": case.name, "batch": b, "compile_s": round(case.compile_s, 2),
           "train_img_s": round(train_ips), "eval_img_s": round(
@@ -261,7 +260,7 @@ def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
   mesh = mesh_lib.make_mesh()
   cases = build_cases(configs, variants, mesh)
   for case in cases if seeds else []:
-    case.seeds = SeedsCase(case, seeds, mesh)
+    case.seeds = TrainCall(case.config, seeds, case.train_data, mesh)
   matmul = []
   for _ in range(rounds):  # interleaved: every case sees the same load
     matmul.append(matmul_gflops(repeats=3))
