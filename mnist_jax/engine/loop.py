@@ -47,7 +47,7 @@ from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
 from mnist_jax.core.optim import make_schedule
-from mnist_jax.engine import checkpoint
+from mnist_jax.engine import checkpoint, metric_writer
 from mnist_jax.engine.evaluate import _jitted_eval_step, evaluate
 from mnist_jax.engine.mesh import (
   check_batch_size,
@@ -96,6 +96,7 @@ class _Run:
   rng_data: jax.Array  # shuffle and dropout keys' data, saved with every checkpoint
   log: Any
   best_val: float = -1.0  # best validation accuracy kept so far
+  tb: Any = None  # metric_writer.RunWriter, opened once the start step is known
 
   @property
   def writer(self) -> bool:
@@ -194,6 +195,7 @@ def _train_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
       state, sums = run.step_fn(state, sums, run.train_data, idx_KxB,
                                 run.keys["dropout"], run.keys["augment"])
       bar.update(stop - start)
+      run.tb.after_span(done + start, done + stop, state, sums)
       # Save when the span passed a multiple of every_steps (with one step per
       # call: every `every` steps); the epoch end saves in _run_epoch.
       if every and (done + stop) // every > (done + start) // every and stop < run.steps:
@@ -253,6 +255,7 @@ def _run_epoch(run: _Run, state, sums, epoch: int, first_batch: int):
   # this epoch, and the resumed run drops the line (run_dir.keep_epochs).
   if run.writer:
     run_dir.append_metrics(run.workdir, metrics)
+  run.tb.epoch(metrics)
   _keep_if_best(run, step, state, metrics)
   checkpoint.save(run.mngr, step, state,
                   _progress(run, epoch + 1, 0, replicate(zero_sums(), run.mesh)))
@@ -343,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     _loop(run, state, sums)
   finally:
+    if run.tb:
+      run.tb.close()
     for mngr in filter(None, (run.mngr, run.best_mngr)):
       mngr.wait_until_finished()
       mngr.close()
@@ -362,7 +367,10 @@ def _loop(run: _Run, state, sums) -> None:
   if first_epoch > run.config.num_epochs:
     run.log("the run is already complete: nothing to train")
     return
+  run.tb = metric_writer.RunWriter(run.workdir, run.config,
+                                   (first_epoch - 1) * run.steps + first_batch, run.writer)
   for epoch in range(first_epoch, run.config.num_epochs + 1):
     state, metrics = _run_epoch(run, state, sums, epoch, first_batch)
     _log_epoch(run.log, metrics)
     sums, first_batch = replicate(zero_sums(), run.mesh), 0
+  run.tb.final_state(state, run.test, run.mesh, run.config.num_epochs * run.steps)
