@@ -2,10 +2,13 @@
 
   python experiments/<study>.py --preset cpu|full [--quick] [--out DIR]
                                 [--data_dir DIR] [--tables_only]
+                                [--executor inline|ray [--address ADDR]
+                                 [--gpus_per_run F] [--cpus_per_run N]]
 
 Trains what is not finished yet, then builds the tables (Markdown, LaTeX, CSV)
 under <out>/tables and the figures (PNG, PDF) under <out>/figures from the
 run directories. The default <out> is runs/studies/<study>/<preset>[-quick].
+Runs that failed (a UserError) are named after the tables, exit status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+from mnist_jax.studies import executor as executor_lib  # noqa: E402
 from mnist_jax.studies import results as aggregate, runner as study_lib, spec  # noqa: E402
 from mnist_jax.core.errors import UserError  # noqa: E402
 
@@ -44,6 +48,7 @@ def parse(argv: Sequence[str], presets: Dict[str, spec.Preset],
                       "program (see docs/performance.md for when it is faster)")
   parser.add_argument("--tables_only", action="store_true",
                       help="rebuild tables and figures from the runs, train nothing")
+  executor_lib.add_arguments(parser)
   return parser.parse_args(argv)
 
 
@@ -57,16 +62,19 @@ def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report,
     preset = spec.quick(preset)
   out = args.out or os.path.join("runs", "studies", study.name,
                                  args.preset + ("-quick" if args.quick else ""))
+  runs = []
   if not args.tables_only:
     after_run = after_run_for(preset) if after_run_for else None
-    study_lib.run_study(study, preset, out, mnist_dir=args.data_dir,
-                        after_run=after_run, vmap_seeds=args.vmap_seeds)
+    runs = study_lib.run_study(study, preset, out, mnist_dir=args.data_dir,
+                               after_run=after_run, vmap_seeds=args.vmap_seeds,
+                               **executor_lib.placement_from(args))
   results = aggregate.collect(study, preset, out)
   paths = report(study, preset, out, results)
   for path in paths:
     if path.endswith(".md"):
       print(f"\n{path}\n" + open(path).read())
   print("wrote " + ", ".join(paths))
+  executor_lib.raise_failures(runs)
   return paths
 
 
