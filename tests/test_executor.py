@@ -5,6 +5,7 @@ test_executor_cluster.py (two Ray nodes on localhost).
 """
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -83,13 +84,13 @@ def test_the_study_script_writes_its_tables_then_exits_2_naming_the_failed_run(
   def report(study, preset, study_dir, results):
     path = os.path.join(study_dir, "tables", "t.md")
     os.makedirs(os.path.dirname(path))
-    open(path, "w").write(f"{sum(len(p.runs) for p in results)} runs\n")
+    pathlib.Path(path).write_text(f"{sum(len(p.runs) for p in results)} runs\n")
     return [path]
   monkeypatch.setattr("sys.argv", ["tiny.py", "--out", out])
   with pytest.raises(SystemExit) as exit_:
     script.main(STUDY, {"cpu": PRESET}, report)
   assert exit_.value.code == 2
-  assert open(os.path.join(out, "tables", "t.md")).read() == "3 runs\n"
+  assert pathlib.Path(out, "tables", "t.md").read_text() == "3 runs\n"
   error = capsys.readouterr().err.strip()
   assert error.startswith("error: 1 of 4 runs failed (mlp8 seed 0: training diverged")
 

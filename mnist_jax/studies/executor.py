@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import os
 import socket
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -89,14 +90,11 @@ class Outcome:
 
 
 def _where() -> Dict:
-  """The process a job trains in: a Ray worker's node, or this host."""
+  """The process a job trains in, and in a Ray worker its node."""
   where = {"host": socket.gethostname(), "pid": os.getpid()}
-  try:
-    import ray  # only when installed and inside a Ray worker
-    if ray.is_initialized():
-      where["node_id"] = ray.get_runtime_context().get_node_id()
-  except ImportError:
-    pass
+  ray = sys.modules.get("ray")  # a Ray worker has imported it; inline need not
+  if ray is not None and ray.is_initialized():
+    where["node_id"] = ray.get_runtime_context().get_node_id()
   return where
 
 
