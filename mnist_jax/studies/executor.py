@@ -123,6 +123,7 @@ class Progress:
     self.done = self.failed = 0
 
   def report(self, outcome: Outcome, in_flight: int) -> None:
+    """`in_flight`: how many other runs are queued or running."""
     for run, accuracy in zip(outcome.job, outcome.accuracies):
       if outcome.failure:
         self.failed += 1
@@ -147,7 +148,7 @@ def run_jobs(jobs: Sequence[Job], train: TrainJob, load_data: Callable[[], Any],
     outcomes = []
     for i, job in enumerate(jobs):
       outcomes.append(train_recorded(job, train, load_data()))
-      progress.report(outcomes[-1], len(jobs) - i - 1)
+      progress.report(outcomes[-1], sum(len(j) for j in jobs[i + 1:]))
     return outcomes
   return _run_on_ray(jobs, train, load_data, placement, progress.report)
 
@@ -219,12 +220,15 @@ def _run_on_ray(jobs: Sequence[Job], train: TrainJob, load_data, placement: Plac
         num_cpus=placement.cpus_per_run, num_gpus=placement.gpus_per_run,
         max_retries=MAX_RETRIES, runtime_env={"env_vars": _task_env(placement)})
     data_ref = ray.put(load_data())  # sent to each node once, not once per run
+    # A worker's current directory is not the driver's on another node.
+    jobs = [[dataclasses.replace(r, workdir=os.path.abspath(r.workdir)) for r in job]
+            for job in jobs]
     pending = {task.remote(job, train, data_ref): job for job in jobs}
     outcomes = []
     while pending:
       [ref], _ = ray.wait(list(pending), num_returns=1)
       outcomes.append(_result(ray, ref, pending.pop(ref)))
-      report(outcomes[-1], len(pending))
+      report(outcomes[-1], sum(len(job) for job in pending.values()))
     return outcomes
   finally:
     if started:
