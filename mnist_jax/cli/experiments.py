@@ -62,6 +62,25 @@ def _define_study(fv: flags.FlagValues, argv: Sequence[str]) -> None:
                     flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "rebuild tables and figures from the runs, "
                     "train nothing", flag_values=fv)
+  _define_placement(fv)
+
+
+def _define_placement(fv: flags.FlagValues) -> None:
+  """Where the runs train (studies/executor.py, docs/distributed.md)."""
+  flags.DEFINE_enum("executor", "inline", ["inline", "ray"], "inline: one run after "
+                    "another in this process; ray: each run (or vmapped seed group) a "
+                    "Ray task", flag_values=fv)
+  flags.DEFINE_string("address", None, "a Ray cluster to join, host:port (default: "
+                      "$RAY_ADDRESS, else Ray starts on this machine)", flag_values=fv)
+  flags.DEFINE_float("gpus_per_run", 0.0, "GPUs per Ray task (0.25: four runs share "
+                     "a GPU)", lower_bound=0.0, flag_values=fv)
+  flags.DEFINE_float("cpus_per_run", 1.0, "CPUs per Ray task", lower_bound=0.0,
+                     flag_values=fv)
+
+
+def _placement(fv: flags.FlagValues) -> dict:
+  return {"executor": fv.executor, "address": fv.address,
+          "gpus_per_run": fv.gpus_per_run, "cpus_per_run": fv.cpus_per_run}
 
 
 def study(fv: flags.FlagValues, args: List[str]) -> int:
@@ -73,7 +92,8 @@ def study(fv: flags.FlagValues, args: List[str]) -> int:
   script.run(module.STUDY, module.PRESETS, module.report, preset=fv.preset,
              quick=fv.quick, out=fv.out, mnist_dir=fv.data_dir,
              vmap_seeds=fv.vmap_seeds, tables_only=fv.tables_only,
-             after_run_for=getattr(module, "after_run_for", None))
+             after_run_for=getattr(module, "after_run_for", None),
+             placement=_placement(fv))
   return 0
 
 

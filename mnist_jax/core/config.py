@@ -76,6 +76,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 200  # also at each epoch end; 0: epoch ends only
   config.checkpoint.max_to_keep = 3
+
+  # TensorBoard events in the run directory (engine/metric_writer.py) besides
+  # metrics.jsonl: the training loss every N steps, read from the sums the
+  # loop keeps on the device (one host sync per N steps); 0 = epoch ends only.
+  config.log_every_steps = 50
+  # At the run's end, a grid of the N most confidently misclassified test
+  # digits (one more pass over the test set); 0 = none.
+  config.log_misclassified = 32
+  # A jax.profiler trace of N training steps, from the second dispatch (the
+  # first compiles and warms up), into <workdir>/profile/; 0 = off.
+  config.profile_steps = 0
   return config
 
 
@@ -86,6 +97,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
     if key in config and int(config[key]) < 1:
       raise UserError(f"config.{key} = {config[key]}: it must be at least 1.")
+  for key in ("log_every_steps", "log_misclassified", "profile_steps"):
+    if int(config.get(key, 0)) < 0:
+      raise UserError(f"config.{key} = {config[key]}: use 0 (off) or a positive number.")
   if config.optimizer.learning_rate <= 0:
     raise UserError(f"config.optimizer.learning_rate = "
                     f"{config.optimizer.learning_rate}: it must be positive.")

@@ -10,6 +10,10 @@
   <workdir>/extras.json     optional per-run facts for tables (parameters,
                             multiply-adds, training time, robustness curves)
   <study>/<point>/rejected.json  a study point whose config is impossible
+  <workdir>/failed.json     a study run that stopped on a UserError, with its
+                            one-line reason (removed when the run is retried)
+  <workdir>/events.out.tfevents.*  TensorBoard events (engine/metric_writer.py)
+  <workdir>/profile/        a jax.profiler trace (config.profile_steps > 0)
   <workdir>/figures/        figures drawn from the above (python -m mnist_jax plot)
 
 Writers and readers (tables, plots) both go through this module, so metric
@@ -38,6 +42,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT_DIR = "best_checkpoint"
 EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
+FAILED_FILE = "failed.json"
 FIGURES_DIR = "figures"
 LOCK_FILE = "train.lock"
 
@@ -426,6 +431,23 @@ def write_rejection(point_dir: str, reason: str) -> None:
 def read_rejection(point_dir: str) -> Optional[str]:
   """The reason a study point was rejected, or None if it was not."""
   return _read_json(os.path.join(point_dir, REJECTED_FILE)).get("reason")
+
+
+def write_failure(workdir: str, reason: str) -> None:
+  """Marks a study run that stopped on a UserError (the study goes on)."""
+  _write_json(os.path.join(workdir, FAILED_FILE), {"reason": reason})
+
+
+def read_failure(workdir: str) -> Optional[str]:
+  """Why the run failed the last time it was tried, or None."""
+  return _read_json(os.path.join(workdir, FAILED_FILE)).get("reason")
+
+
+def clear_failure(workdir: str) -> None:
+  """Forgets an earlier failure: the run is being tried again."""
+  path = os.path.join(workdir, FAILED_FILE)
+  if os.path.isfile(path):
+    os.remove(path)
 
 
 def figures_dir(workdir: str) -> str:

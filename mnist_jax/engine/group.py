@@ -53,6 +53,7 @@ class Group:
   mngrs: List[Any] = dataclasses.field(default_factory=list)  # orbax, per seed
   best_mngrs: List[Any] = dataclasses.field(default_factory=list)  # select='best_val'
   best_val: List[float] = dataclasses.field(default_factory=list)  # per seed
+  events: List[Any] = dataclasses.field(default_factory=list)  # metric_writer.RunWriter, per seed
 
   @property
   def stacked(self) -> bool:

@@ -58,7 +58,7 @@ from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
 from mnist_jax.core.optim import make_schedule
-from mnist_jax.engine import checkpoint, resume
+from mnist_jax.engine import checkpoint, metric_writer, resume
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.group import Group, check_group, claim_workdirs, rng_data, seed_config
 from mnist_jax.engine.mesh import (
@@ -174,6 +174,8 @@ def _train_epoch(run: Group, state, sums, epoch: int, first_batch: int):
     for start, stop in spans:
       state, sums = run.step_fn(state, sums, span_indices(orders, start, stop, batch))
       bar.update(stop - start)
+      for i, events in enumerate(run.events):
+        events.after_span(done + start, done + stop, state, sums, i if run.stacked else None)
       # Save when the span passed a multiple of every_steps (with one step per
       # call: every `every` steps); the epoch end saves in _run_epoch.
       if every and (done + stop) // every > (done + start) // every and stop < run.steps:
@@ -244,6 +246,7 @@ def _run_epoch(run: Group, state, sums, epoch: int, first_batch: int):
   for i, metrics in enumerate(lines):
     if run.writer:
       run_dir.append_metrics(run.workdirs[i], metrics)
+    run.events[i].epoch(metrics)
     _keep_if_best(run, i, step, state, metrics)
   _save(run, step, state, epoch + 1, 0, _zero_sums(run))
   return state, lines
@@ -321,6 +324,8 @@ def _train_runs(config, seeds, workdirs, mnist_dir, data, verbose, force) -> Lis
     log(f"train and eval steps compiled in {compile_s:.1f}s")
     _loop(run, state, sums)
   finally:
+    for events in run.events:
+      events.close()
     for mngr in run.mngrs + run.best_mngrs:
       checkpoint.finish(mngr)
   return [_final(run, i, compile_s) for i in range(len(seeds))]
@@ -356,8 +361,15 @@ def _loop(run: Group, state, sums) -> None:
   if first_epoch > run.config.num_epochs:
     run.log("the run is already complete: nothing to train")
     return
+  start_step = (first_epoch - 1) * run.steps + first_batch
+  # One writer per seed; only the first profiles (one jax.profiler trace at a time).
+  run.events = [metric_writer.RunWriter(w, run.config, start_step, run.writer, profile=i == 0)
+                for i, w in enumerate(run.workdirs)]
   for epoch in range(first_epoch, run.config.num_epochs + 1):
     state, lines = _run_epoch(run, state, sums, epoch, first_batch)
     for i, metrics in enumerate(lines):
       _log_epoch(run.log, metrics, f"seed {run.seeds[i]}: " if run.stacked else "")
     sums, first_batch = _zero_sums(run), 0
+  for i, events in enumerate(run.events):
+    events.final_state(run.part(state, i), run.test, run.mesh,
+                       run.config.num_epochs * run.steps)

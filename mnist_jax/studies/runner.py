@@ -11,10 +11,13 @@ With `vmap_seeds`, the seeds of a point that none has started yet train
 together in one vmapped program (engine/loop.train_runs), each seed's result
 equal to its separate run up to float rounding; an interrupted group resumes
 together, and a run found half-done on its own resumes on its own.
+The runs left to train go through an executor (studies/executor.py): in this
+process (`inline`, the default) or as Ray tasks (`ray`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,6 +26,7 @@ import ml_collections
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.engine.loop import train_and_evaluate, train_runs
+from mnist_jax.studies import executor as executor_lib
 from mnist_jax.studies.results import check_study_dir
 from mnist_jax.studies.spec import (Point, Preset, Run, Study, point_config, point_dir,
                                      run_workdir)
@@ -93,17 +97,47 @@ def seed_groups(runs: Sequence[Run]) -> List[List[Run]]:
           and (together is None or tuple(r.seed for r in group) == together)]
 
 
-def _train_together(group: Sequence[Run], load_data, log, study_name: str) -> None:
-  seeds = [r.seed for r in group]
-  log(f"[{study_name}] {group[0].point.name} seeds {seeds}: training together (vmap)")
-  for run in group:  # marks the group, so that an interrupted one resumes together
-    run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
-  finals = train_runs(group[0].config, seeds, [r.workdir for r in group],
-                      data=load_data(), verbose=False)
-  for run, final in zip(group, finals):
-    record_extras(run, final["compile_time_s"])
-  log(f"[{study_name}] {group[0].point.name}: test accuracy per seed "
-      f"{[round(f['test_accuracy'], 4) for f in finals]}")
+def train_job(job: Sequence[Run], data, train_fn: Callable) -> List[Dict]:
+  """Trains one run, or a point's seeds together, wherever the executor runs
+  it, and records each run's extras; returns their final metrics."""
+  if len(job) > 1:
+    seeds = [r.seed for r in job]
+    for run in job:  # marks the group, so that an interrupted one resumes together
+      run_dir.update_extras(run.workdir, trained_with_seeds=seeds)
+    finals = train_runs(job[0].config, seeds, [r.workdir for r in job], data=data,
+                        verbose=False)
+    for run, final in zip(job, finals):
+      record_extras(run, final["compile_time_s"])
+    return finals
+  [run] = job
+  final = train_fn(run.config, run.workdir, data=data, verbose=False)
+  record_extras(run, final.get("compile_time_s"))
+  return [final]
+
+
+def jobs_left(runs: Sequence[Run], vmap_seeds: bool, log: Callable,
+              study_name: str) -> List[List[Run]]:
+  """The runs still to train, as jobs: a point's fresh seeds together (with
+  `vmap_seeds`, see seed_groups), else one run each. Finished runs are skipped."""
+  jobs = seed_groups(runs) if vmap_seeds else []
+  for group in jobs:
+    log(f"[{study_name}] {group[0].point.name} seeds {[r.seed for r in group]}: "
+        "training together (vmap)")
+  together_dirs = {run.workdir for group in jobs for run in group}
+  for i, run in enumerate(runs, start=1):
+    tag = f"[{study_name} {i}/{len(runs)}] {run.point.name} seed {run.seed}"
+    if run.workdir in together_dirs:
+      continue
+    if is_finished(run):
+      log(f"{tag}: finished before, skipped")
+      if not run_dir.read_extras(run.workdir).get("num_params"):
+        record_extras(run)
+    else:
+      if os.path.exists(run.workdir):
+        # train_and_evaluate resumes it from its newest checkpoint: no work lost.
+        log(f"{tag}: unfinished run found, resuming it")
+      jobs.append([run])
+  return jobs
 
 
 def _splits(runs: Sequence[Run]) -> tuple:
@@ -120,14 +154,20 @@ AfterRun = Callable[[Run, Callable[[], tuple]], None]
 def run_study(study: Study, preset: Preset, study_dir: str, *,
               mnist_dir: Optional[str] = None, train_fn: Optional[Callable] = None,
               after_run: Optional[AfterRun] = None, log: Callable = print,
-              vmap_seeds: bool = False) -> List[Run]:
+              vmap_seeds: bool = False, executor: str = "inline",
+              address: Optional[str] = None, gpus_per_run: float = 0.0,
+              cpus_per_run: float = 1) -> List[Run]:
   """Trains every unfinished run of the study; returns all runs.
 
   `after_run(run, load_data)` is called for every finished run, old or new
   (e.g. to evaluate it further); `load_data()` gives the shared (train, test).
   `vmap_seeds` trains each point's not-yet-started seeds in one program
-  (see seed_groups).
+  (see seed_groups). `executor` ('inline' or 'ray') and the rest place the
+  runs (executor.py); a run that failed is in its failed.json
+  (executor.raise_failures).
   """
+  placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run)
+  placement.check()
   train_fn = train_fn or train_and_evaluate
   check_study_dir(study_dir)
   for point in study.points:
@@ -145,26 +185,10 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
                                           test_split=test_split)
     return cache["data"]
 
-  together = seed_groups(runs) if vmap_seeds else []
-  for group in together:
-    _train_together(group, load_data, log, study.name)
-  together_dirs = {run.workdir for group in together for run in group}
-  for i, run in enumerate(runs, start=1):
-    tag = f"[{study.name} {i}/{len(runs)}] {run.point.name} seed {run.seed}"
-    if run.workdir in together_dirs:
-      pass  # trained above, with its point's other seeds
-    elif is_finished(run):
-      log(f"{tag}: finished before, skipped")
-      if not run_dir.read_extras(run.workdir).get("num_params"):
-        record_extras(run)
-    else:
-      if os.path.exists(run.workdir):
-        # train_and_evaluate resumes it from its newest checkpoint: no work lost.
-        log(f"{tag}: unfinished run found, resuming it")
-      log(f"{tag}: training")
-      final = train_fn(run.config, run.workdir, data=load_data(), verbose=False)
-      record_extras(run, final.get("compile_time_s"))
-      log(f"{tag}: test accuracy {final['test_accuracy']:.4f}")
-    if after_run is not None:
+  executor_lib.run_jobs(jobs_left(runs, vmap_seeds, log, study.name),
+                        functools.partial(train_job, train_fn=train_fn), load_data,
+                        placement, name=study.name, log=log)
+  for run in runs:
+    if after_run is not None and is_finished(run):
       after_run(run, load_data)
   return runs

@@ -1,0 +1,170 @@
+"""TensorBoard events and a profile for every run, beside metrics.jsonl.
+
+Events go into the run directory itself, so `tensorboard --logdir runs/`
+shows every run of a study side by side, named by its path (cnn_k3/seed_0).
+metrics.jsonl stays the source of every table; the events are for looking.
+Written with tensorboardX: clu's writers go through TensorFlow, which the
+training process should not have to import (FIELD_NOTES: ~6 s of start-up).
+
+  epoch/<key>      each numeric key of the epoch's metrics.jsonl line
+                   (epoch/test_accuracy, epoch/learning_rate, ...), at the
+                   global step of the epoch's end
+  step/train_loss  mean training loss of the steps since the previous point
+                   (or since the epoch began), every config.log_every_steps
+  misclassified/*  at the end, a grid of the most confidently misclassified
+                   test digits and a table of their labels
+
+A resumed run opens its writer with purge_step = the restored step + 1:
+TensorBoard then hides what the killed process logged past the checkpoint,
+so a redone epoch is not shown twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from mnist_jax.core import data as data_lib
+from mnist_jax.engine import evaluate as eval_lib
+from mnist_jax.engine.mesh import to_host
+from mnist_jax.engine.state import TrainState, eval_params
+
+PROFILE_DIR = "profile"
+GRID_COLUMNS = 8  # tensorboardX's make_grid lays images out 8 to a row
+_NOT_SCALARS = ("epoch", "step", "test_count", "val_count")
+
+
+class StepProfiler:
+  """A jax.profiler trace of `steps` training steps into `log_dir`.
+
+  Starts after the first dispatch (which compiles and warms up) and stops
+  once `steps` more steps have run, waiting for the device at both ends so
+  the trace holds whole steps. Viewable in TensorBoard's profile plugin, or
+  in Perfetto (ui.perfetto.dev) from perfetto_trace.json.gz.
+  """
+
+  def __init__(self, log_dir: str, steps: int):
+    self.log_dir, self.steps = log_dir, int(steps)
+    self.tracing, self.traced, self.done = False, 0, self.steps == 0
+
+  def after_dispatch(self, steps: int, state) -> None:
+    if self.done:
+      return
+    if not self.tracing:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+      self.tracing = True
+      return
+    self.traced += steps
+    if self.traced >= self.steps:
+      self.stop(state)
+
+  def stop(self, state=None) -> None:
+    if self.tracing and not self.done:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+    self.tracing, self.done = False, True
+
+
+def confident_mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray,
+                       count: int) -> np.ndarray:
+  """Indices of up to `count` misclassified examples, most confident first."""
+  predicted_N = probs_NxC.argmax(-1)
+  wrong = np.flatnonzero(predicted_N != labels_N)
+  confidence = probs_NxC[wrong, predicted_N[wrong]]
+  return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
+                   idx_M: np.ndarray) -> str:
+  """A Markdown table laid out like the image grid: 'label → predicted (p)'."""
+  cells = [f"{labels_N[i]} → {probs_NxC[i].argmax()} ({probs_NxC[i].max():.0%})"
+           for i in idx_M]
+  rows = [cells[r:r + GRID_COLUMNS] for r in range(0, len(cells), GRID_COLUMNS)]
+  width = len(rows[0]) if rows else 1
+  head = "| " + " | ".join(f"col {c + 1}" for c in range(width)) + " |"
+  lines = [head, "|" + " --- |" * width]
+  lines += ["| " + " | ".join(row + [""] * (width - len(row))) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+class RunWriter:
+  """The loop's TensorBoard writer (and profiler) for one process's life.
+
+  Only process 0 writes events (`enabled`); every process profiles itself.
+  `start_step` is the step the run (re)starts from.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int,
+               enabled: bool = True, profile: bool = True):
+    self.every = int(config.log_every_steps)
+    self.mistakes = int(config.log_misclassified)
+    self.eval_batch_size = config.eval_batch_size
+    # tensorboardX names files by the second and host only: a nanosecond
+    # suffix keeps a resumed process's file apart from, and sorted after, the
+    # killed one's (TensorBoard reads a directory's files in name order).
+    self.events = (SummaryWriter(workdir, purge_step=start_step + 1,
+                                 filename_suffix=f".{time.time_ns()}.{os.getpid()}")
+                   if enabled else None)
+    self.profiler = StepProfiler(os.path.join(workdir, PROFILE_DIR),
+                                 config.profile_steps if profile else 0)
+    self._base = (0.0, 0)  # (loss_sum, count) of this epoch's sums at the last point
+
+  def after_span(self, start: int, stop: int, state, sums: Dict,
+                 index: Optional[int] = None) -> None:
+    """After a dispatch that trained global steps start+1..stop; `index`: this
+    run's entry of stacked sums (several seeds trained together)."""
+    self.profiler.after_dispatch(stop - start, state)
+    if not (self.events and self.every and stop // self.every > start // self.every):
+      return
+    totals = to_host({k: sums[k] for k in ("loss_sum", "count")})  # the host sync
+    if index is not None:
+      totals = {k: v[index] for k, v in totals.items()}
+    loss_sum, count = float(totals["loss_sum"]), int(totals["count"])
+    self.train_loss(stop, (loss_sum - self._base[0]) / (count - self._base[1]))
+    self._base = (loss_sum, count)
+
+  def train_loss(self, step: int, value: float) -> None:
+    if self.events:
+      self.events.add_scalar("step/train_loss", value, step)
+
+  def epoch(self, metrics: Dict) -> None:
+    """The epoch's metrics.jsonl line, at the step of the epoch's end."""
+    if not self.events:
+      return
+    for key, value in metrics.items():
+      if key not in _NOT_SCALARS and isinstance(value, (int, float)):
+        self.events.add_scalar(f"epoch/{key}", value, metrics["step"])
+    self.events.flush()  # a kill loses at most the current epoch's points
+    self._base = (0.0, 0)  # the loop starts the next epoch's sums from zero
+
+  def misclassified(self, images_NxHxWx1: np.ndarray, labels_N: np.ndarray,
+                    probs_NxC: np.ndarray, step: Optional[int] = None) -> None:
+    """The most confidently misclassified images as one grid, labels beside."""
+    idx_M = confident_mistakes(labels_N, probs_NxC, self.mistakes)
+    if not self.events or not len(idx_M):
+      return
+    self.events.add_images("misclassified/images", images_NxHxWx1[idx_M], step,
+                           dataformats="NHWC")
+    self.events.add_text("misclassified/labels",
+                         mistakes_table(labels_N, probs_NxC, idx_M), step)
+
+  def final_state(self, state: TrainState, split: data_lib.Split, mesh,
+                  step: int) -> None:
+    """At the run's end: the misclassified grid of `split` (all processes call)."""
+    if self.mistakes:
+      probs_NxC = eval_lib.probabilities(state.apply_fn, eval_params(state),
+                                         state.batch_stats, split.images,
+                                         self.eval_batch_size, mesh)
+      self.misclassified(split.images, split.labels, probs_NxC, step)
+
+  def close(self) -> None:
+    self.profiler.stop()
+    if self.events:
+      self.events.close()

@@ -1,0 +1,113 @@
+"""The Ray executor on one local Ray with two workers: inline's tables, a killed worker.
+
+Both tests share one Ray instance (started once for this module, ~5-20 s).
+"""
+
+import csv
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mnist_jax.core import data as data_lib, run_dir
+from mnist_jax.studies import runner as study_lib, script, spec
+
+from experiments import kernel_size
+from helpers import assert_same_bits, final_params, without_times
+
+ray = pytest.importorskip("ray")
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token notice on a test machine
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+  """Two CPUs: two runs at a time, each in its own worker process."""
+  ray.init(address="local", num_cpus=2, include_dashboard=False)
+  yield
+  ray.shutdown()
+
+
+def table_without_times(stem):
+  """A study table's CSV rows and Markdown lines, the train-time column left out."""
+  with open(stem + ".csv") as f:
+    rows = [{k: v for k, v in row.items() if not k.startswith("train time")}
+            for row in csv.DictReader(f)]
+  with open(stem + ".md") as f:
+    markdown = [line.rsplit(" | ", 1)[0] for line in f if line.startswith("|")]
+  return rows, markdown
+
+
+@pytest.mark.real_data
+def test_kernel_size_quick_on_ray_gives_the_inline_tables(local_ray, tmp_path, mnist_dir):
+  # One point of the four (its two seeds train side by side on the two
+  # workers) keeps the test short; the machinery is the same for all four.
+  study = spec.Study("kernel_size", [p for p in kernel_size.STUDY.points
+                                     if p.name == "cnn_k1"])
+  tables = {}
+  for executor in ("inline", "ray"):
+    out = str(tmp_path / executor)
+    script.run(study, kernel_size.PRESETS, kernel_size.report, quick=True, out=out,
+               mnist_dir=mnist_dir, placement={"executor": executor})
+    tables[executor] = table_without_times(os.path.join(out, "tables", "kernel_size"))
+    worker = run_dir.read_extras(os.path.join(out, "cnn_k1", "seed_1"))["worker"]
+    assert (worker["pid"] == os.getpid()) == (executor == "inline")
+  rows, markdown = tables["ray"]
+  assert [r["seeds"] for r in rows] == ["2"]
+  assert rows == tables["inline"][0]  # accuracy mean and std, to the last digit
+  assert markdown == tables["inline"][1]
+
+
+# 4,000 random images in batches of 20: 200 steps per epoch, checkpoints
+# every 50 steps, so a kill in epoch 2 resumes mid-epoch.
+KILL_STUDY = spec.Study("kill", [spec.Point("mlp", "configs/mlp.py", {
+    "model.hidden_features": (32,), "batch_size": 20, "eval_batch_size": 100,
+    "steps_per_dispatch": 1, "checkpoint.every_steps": 50})])
+KILL_PRESET = spec.Preset(seeds=(0,), overrides={"num_epochs": 3})
+
+
+@pytest.fixture
+def random_mnist(monkeypatch):
+  """The study's data, loaded by the driver and sent to the workers by Ray."""
+  rng = np.random.default_rng(0)
+  def split(n):
+    return data_lib.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                          rng.integers(0, 10, n).astype(np.int32))
+  splits = split(4000), split(500)
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
+
+
+def kill_in_epoch_2(workdir, killed, study_done):
+  """SIGKILLs the worker training `workdir` once epoch 2 has a checkpoint; puts
+  its pid and the epoch-1 metrics line in `killed`."""
+  while not study_done.is_set():
+    pid = run_dir.read_extras(workdir).get("worker", {}).get("pid")
+    if pid and os.path.isdir(os.path.join(run_dir.checkpoint_dir(workdir), "250")):
+      killed.update(pid=pid, epoch_1=run_dir.read_metrics(workdir)[0])
+      os.kill(pid, signal.SIGKILL)
+      return
+    time.sleep(0.01)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_resumes_to_the_same_bits(
+    local_ray, random_mnist, tmp_path):
+  inline = study_lib.run_study(KILL_STUDY, KILL_PRESET, str(tmp_path / "inline"), log=len)
+  [run] = study_lib.plan(KILL_STUDY, KILL_PRESET, str(tmp_path / "ray"))
+  killed, study_done = {}, threading.Event()
+  killer = threading.Thread(target=kill_in_epoch_2, args=(run.workdir, killed, study_done))
+  killer.start()
+  try:
+    study_lib.run_study(KILL_STUDY, KILL_PRESET, str(tmp_path / "ray"), log=len,
+                        executor="ray")
+  finally:
+    study_done.set()
+    killer.join()
+  assert killed, "the run finished before epoch 2 had a checkpoint"
+  assert run_dir.read_extras(run.workdir)["worker"]["pid"] != killed["pid"]  # retried
+  lines = run_dir.read_metrics(run.workdir)
+  assert lines[0] == killed["epoch_1"]  # kept: resumed from the checkpoint, not redone
+  assert without_times(lines) == without_times(run_dir.read_metrics(inline[0].workdir))
+  assert_same_bits(final_params(run.workdir), final_params(inline[0].workdir))
