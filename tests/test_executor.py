@@ -12,7 +12,6 @@ import pytest
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.errors import UserError
-from mnist_jax.engine import loop as loop_lib
 from mnist_jax.studies import executor as executor_lib, runner as study_lib, script, spec
 
 MLP = "configs/mlp.py"
