@@ -16,6 +16,7 @@ from mnist_jax import UserError, cli
 from mnist_jax.cli import command as command_lib, experiments as cli_experiments
 from mnist_jax.core import data, run_dir
 from mnist_jax.engine import loop
+from mnist_jax.studies import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -184,7 +185,7 @@ def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
     calls.append((config.num_epochs, seeds, workdirs, mnist_dir, force))
     return [{"epoch": 1, "test_accuracy": 0.5 + s / 10, "test_loss": 1.0} for s in seeds]
 
-  monkeypatch.setattr(loop, "train_runs", fake_train_runs, raising=False)
+  monkeypatch.setattr(loop, "train_runs", fake_train_runs)
   monkeypatch.setenv("XLA_FLAGS", "")  # the command sets its GPU flag there
   result = run_here(capsys, "train", "--config", "configs/mlp.py", "--workdir",
                     str(tmp_path), "--seeds", "0,2", "--config.num_epochs=1",
@@ -255,7 +256,7 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
     capsys, tmp_path, monkeypatch):
   # Training is faked (in this process): the real quick study trains 8 CNNs,
   # 408 s on the shared 2-core machine; tests/test_experiments.py trains studies.
-  monkeypatch.setattr(loop, "train_and_evaluate", fake_train_and_evaluate)
+  monkeypatch.setattr(runner, "train_and_evaluate", fake_train_and_evaluate)
   monkeypatch.setattr(data, "load_mnist", lambda *args, **kwargs: (None, None))
   out = tmp_path / "kernel_size"
   result = run_here(capsys, "study", "kernel_size", "--quick", "--out", str(out))
