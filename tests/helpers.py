@@ -14,6 +14,7 @@ from mnist_jax.engine import mesh as mesh_lib, restore as restore_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "train_worker.py"
+CLI_ON_NPZ = REPO / "tests" / "cli_on_npz.py"
 TIME_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 
 
@@ -35,6 +36,39 @@ def finish(proc, timeout=240):
   out, err = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, err[-3000:]
   return json.loads(out.strip().splitlines()[-1])
+
+
+def run_cli_on_npz(data_path, *args, timeout=300):
+  """`python -m mnist_jax ARGS` with MNIST read from `data_path` (tests/cli_on_npz.py)."""
+  command = [sys.executable, str(CLI_ON_NPZ), str(data_path), *map(str, args)]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+
+
+def one_error_line(result, status=2):
+  """The single `error: ...` line of a command that failed as the CLI promises."""
+  assert result.returncode == status, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def checkpoint_steps(workdir):
+  """The steps of the complete checkpoints on disk, oldest first. Orbax writes
+  a save under a temporary name and renames it to the bare step when done."""
+  folder = pathlib.Path(run_dir.checkpoint_dir(str(workdir)))
+  return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
+
+
+def write_noise_npz(path, train=2000, test=500, seed=0):
+  """An .npz like tests' MNIST slices, of uniform noise with cycling labels."""
+  rng = np.random.default_rng(seed)
+  np.savez(path, train_images=rng.integers(0, 256, (train, 28, 28, 1), dtype=np.uint8),
+           train_labels=(np.arange(train) % 10).astype(np.int32),
+           test_images=rng.integers(0, 256, (test, 28, 28, 1), dtype=np.uint8),
+           test_labels=(np.arange(test) % 10).astype(np.int32))
+  return path
 
 
 def without_times(lines):

@@ -140,3 +140,49 @@ def test_gaussian_matrix_rows_sum_to_one_away_from_the_border():
 def test_bad_settings_are_rejected(overrides):
   with pytest.raises(UserError, match="config.augment"):
     augment.augment_batch(jax.random.key(0), images(), aug_cfg(**overrides))
+
+
+def gaussian_blob(centre_yx, size=28, sigma=1.5) -> np.ndarray:
+  rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+  return np.exp(-((rows - centre_yx[0]) ** 2 + (cols - centre_yx[1]) ** 2)
+                / (2 * sigma ** 2))
+
+
+def centroids(images_BxHxWx1) -> np.ndarray:
+  """(B, 2): each image's intensity-weighted (row, column)."""
+  x = np.asarray(images_BxHxWx1, np.float64)[..., 0]
+  rows, cols = np.mgrid[0:x.shape[1], 0:x.shape[2]]
+  mass = x.sum((1, 2))
+  return np.stack([(x * rows).sum((1, 2)) / mass, (x * cols).sum((1, 2)) / mass], 1)
+
+
+def augmented_copies(image_HxW, cfg, n=256):
+  batch = jnp.tile(jnp.asarray(image_HxW, jnp.float32)[None, ..., None], (n, 1, 1, 1))
+  return augment.augment_batch(jax.random.key(0), batch, cfg)
+
+
+def test_rotation_deg_is_the_range_of_angles_in_degrees():
+  # A blob 8 pixels above the centre (13.5, 13.5): its centroid's angle about
+  # the centre, measured counter-clockwise as displayed, is the rotation.
+  centre = 13.5
+  found = centroids(augmented_copies(gaussian_blob((centre - 8, centre)),
+                                     aug_cfg(rotation_deg=30.0)))
+  up, right = centre - found[:, 0], found[:, 1] - centre
+  degrees = np.degrees(np.arctan2(up, right)) - 90.0
+  np.testing.assert_allclose(np.hypot(up, right), 8.0, atol=0.2)  # turned, not moved
+  assert np.abs(degrees).max() <= 31.0  # within [-30, 30], 1 degree for sampling
+  # Uniform draws: 256 of them reach near both ends (P(none above 26) < 1e-7).
+  assert degrees.max() > 26.0 and degrees.min() < -26.0
+  assert abs(degrees.mean()) < 4.0  # ~3 standard errors of the mean
+
+
+def test_translate_frac_is_the_range_of_shifts_as_a_fraction_of_the_size():
+  # translate_frac 0.1 of 28 pixels: shifts up to 2.8 pixels along each axis.
+  centre = 13.5
+  found = centroids(augmented_copies(gaussian_blob((centre, centre)),
+                                     aug_cfg(translate_frac=0.1)))
+  shifts = found - centre
+  assert np.abs(shifts).max() <= 2.8 + 0.05
+  for axis in (0, 1):  # each axis drawn on its own, over the whole range
+    assert shifts[:, axis].max() > 2.4 and shifts[:, axis].min() < -2.4
+  assert abs(np.corrcoef(shifts.T)[0, 1]) < 0.25

@@ -1,6 +1,7 @@
 """The benchmark's FLOP count and one tiny end-to-end run of its table."""
 
 import csv
+import types
 
 import pytest
 
@@ -31,8 +32,25 @@ def test_benchmark_times_seeds_vmapped_against_one_seed(tmp_path):
   rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=1, seeds=2,
                        out=str(tmp_path / "bench.csv"))
   assert rows[0]["seeds"] == 2 and rows[0]["seeds_total_img_s"] > 0
-  assert rows[0]["seeds_vs_separate"] == pytest.approx(
-      rows[0]["seeds_total_img_s"] / rows[0]["train_img_s"], rel=1e-2)
+  assert rows[0]["seeds_vs_separate"] > 0  # its arithmetic: the test below
+
+
+def test_summary_row_on_made_up_timings_by_hand():
+  """Images/s = batch / the median seconds per step; training FLOPs = 3 x the
+  forward's; S seeds together = S x batch / their median step, against one
+  seed's rate."""
+  seeds = types.SimpleNamespace(num_seeds=2, compile_s=0.5, train_s=[0.04, 0.032, 0.03])
+  case = types.SimpleNamespace(name="mlp", config=mlp_config.get_config(),
+                               compile_s=1.234, train_s=[0.01, 0.02, 0.04],
+                               eval_s=[0.1, 0.25, 0.5], seeds=seeds)
+  assert benchmark.summarise(case, matmul=100.0) == {
+      "case": "mlp", "batch": 128, "compile_s": 1.23,
+      "train_img_s": 6400, "eval_img_s": 4000,  # 128 / 0.02 s, 1000 / 0.25 s
+      "fwd_mflop_img": 0.203,  # 2 x (784 x 128 + 128 x 10) = 203,264 FLOPs
+      "train_gflop_s": 3.9, "matmul_gflop_s": 100.0,  # 3 x 203,264 x 6,400 = 3.90e9
+      "frac_matmul": 0.039,
+      "seeds": 2, "seeds_compile_s": 0.5,
+      "seeds_total_img_s": 8000, "seeds_vs_separate": 1.25}  # 2 x 128 / 0.032 s; / 6,400
 
 
 def test_benchmark_refuses_bad_input_before_any_work(tmp_path, monkeypatch):

@@ -38,6 +38,10 @@ def test_locally_connected_cnn_has_the_conv_shapes_without_sharing():
   out = jax.eval_shape(lambda: build_model(cfg).init_with_output(
       jax.random.key(0), BATCH)[0])
   assert out.shape == (2, 10)
+  # By hand, conv0 (28x28x1 -> 28x28x32, 3x3): shared, per position, and a
+  # dense layer from the 784 inputs (plus a bias) to the 25,088 outputs.
+  assert {k: rows[0][k] for k in ("conv", "local", "dense")} == {
+      "conv": 320, "local": 784 * 320, "dense": 785 * 25_088}
 
 
 def test_unknown_conv_type_is_rejected():
@@ -54,18 +58,42 @@ def test_lenet5_shapes_and_61706_parameters():
   assert count_params(params) == 156 + 2_416 + 48_120 + 10_164 + 850 == 61_706
 
 
-def test_costs_match_hand_counts_and_real_parameter_counts():
+def test_layer_costs_match_hand_counts():
   cnn = cnn_config.get_config().model
   costs = {c.name: c for c in layer_costs(cnn)}
   assert costs["conv1"].output_shape == (14, 14, 64)
   assert costs["conv1"].macs == 14 * 14 * 3 * 3 * 32 * 64  # kernel reused per position
   assert costs["dense0"].macs == 3 * 3 * 128 * 128
-  for cfg in (cnn, mlp_config.get_config().model, lenet5_config.get_config().model):
-    assert model_cost(cfg)["num_params"] == count_params(params_of(cfg))
-  local = cnn_config.get_config().model
-  local.conv_type = "local"
-  # No sharing: same multiply-adds, each weight used once.
-  assert model_cost(local)["macs_per_image"] == model_cost(cnn)["macs_per_image"]
+
+
+# Whole-model multiply-adds per image, by hand: a dense layer n_in * n_out, a
+# convolution h_out * w_out * k * k * c_in * c_out (biases not counted).
+MLP_MACS = 784 * 128 + 128 * 10  # 101,632
+LENET5_MACS = (28 * 28 * 5 * 5 * 1 * 6  # c1 'SAME': 117,600
+               + 10 * 10 * 5 * 5 * 6 * 16  # c3 'VALID' on 14x14: 240,000
+               + 5 * 5 * 16 * 120 + 120 * 84 + 84 * 10)  # c5, f6, logits: 416,520
+CNN_MACS = (28 * 28 * 9 * 1 * 32 + 14 * 14 * 9 * 32 * 64 + 7 * 7 * 9 * 64 * 128
+            + 3 * 3 * 128 * 128 + 128 * 10)  # 7,599,872
+# The locally connected CNN: per position its own 3x3 kernel and bias.
+LOCAL_PARAMS = (28 * 28 * (9 * 1 * 32 + 32) + 14 * 14 * (9 * 32 * 64 + 64)
+                + 7 * 7 * (9 * 64 * 128 + 128)
+                + 1152 * 128 + 128 + 128 * 10 + 10)  # dense0, logits: 7,643,914 in all
+
+
+def local_cnn():
+  cfg = cnn_config.get_config().model
+  cfg.conv_type = "local"
+  return cfg
+
+
+@pytest.mark.parametrize("make_cfg,params,macs", [
+    (lambda: mlp_config.get_config().model, 101_770, MLP_MACS),
+    (lambda: lenet5_config.get_config().model, 61_706, LENET5_MACS),
+    (lambda: cnn_config.get_config().model, 241_546, CNN_MACS),
+    # No sharing: each weight is used once, so the same multiply-adds.
+    (local_cnn, LOCAL_PARAMS, CNN_MACS)])
+def test_whole_model_cost_is_the_hand_count(make_cfg, params, macs):
+  assert model_cost(make_cfg()) == {"num_params": params, "macs_per_image": macs}
 
 
 def test_shift_moves_pixels_and_fills_with_zeros():
