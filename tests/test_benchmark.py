@@ -41,7 +41,8 @@ def test_summary_row_on_made_up_timings_by_hand():
   seed's rate."""
   seeds = types.SimpleNamespace(num_seeds=2, compile_s=0.5, train_s=[0.04, 0.032, 0.03])
   case = types.SimpleNamespace(name="mlp", config=mlp_config.get_config(),
-                               compile_s=1.234, train_s=[0.01, 0.02, 0.04],
+                               compile_s=1.234,
+                               train=types.SimpleNamespace(train_s=[0.01, 0.02, 0.04]),
                                eval_s=[0.1, 0.25, 0.5], seeds=seeds)
   assert benchmark.summarise(case, matmul=100.0) == {
       "case": "mlp", "batch": 128, "compile_s": 1.23,
