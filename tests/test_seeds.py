@@ -99,27 +99,39 @@ def cut_back(workdir, steps):
     shutil.rmtree(os.path.join(run_dir.checkpoint_dir(workdir), str(step)))
 
 
-def test_a_group_killed_mid_epoch_resumes_to_the_same_bits(tmp_path):
+@pytest.fixture(scope="module")
+def mlp_group(tmp_path_factory):
+  """An unbroken group of two MLP seeds (their workdirs), copied by the tests."""
+  dirs, _ = train_group(tiny_mlp(), tmp_path_factory.mktemp("mlp_group"), tiny_data())
+  return dirs
+
+
+def copy_of(dirs, root):
+  copies = [str(root / os.path.basename(d)) for d in dirs]
+  for d, c in zip(dirs, copies):
+    shutil.copytree(d, c)
+  return copies
+
+
+def test_a_group_killed_mid_epoch_resumes_to_the_same_bits(mlp_group, tmp_path):
   """The kill came mid-round: seed 7 is one save behind seed 3."""
-  config, splits = tiny_mlp(), tiny_data()
-  full, _ = train_group(config, tmp_path / "full", splits)
-  cut, _ = train_group(config, tmp_path / "cut", splits)
+  cut = copy_of(mlp_group, tmp_path)
   # Saves at 4, 6, 8 (epoch end), 10, 12, 16 (spans of 2 steps, every 3); kept: 3.
   cut_back(cut[0], 1)  # seed 3 back to step 12, mid-epoch 2
   cut_back(cut[1], 2)  # seed 7 back to step 10: it resumes there, and seed 3 too
   assert [checkpoint.manager(d).latest_step() for d in cut] == [12, 10]
-  loop_lib.train_runs(config, SEEDS, cut, data=splits, verbose=False)
+  loop_lib.train_runs(tiny_mlp(), SEEDS, cut, data=tiny_data(), verbose=False)
   assert [checkpoint.manager(d).latest_step() for d in cut] == [16, 16]
-  for a, b in zip(cut, full):
+  for a, b in zip(cut, mlp_group):
     assert (without_times(run_dir.read_metrics(a))
             == without_times(run_dir.read_metrics(b)))
     assert_same_bits(state_of(a), state_of(b))
     assert_same_bits(state_of(a, "best"), state_of(b, "best"))
 
 
-def test_workdirs_not_trained_together_are_refused(tmp_path):
+def test_workdirs_not_trained_together_are_refused(mlp_group, tmp_path):
   config, splits = tiny_mlp(), tiny_data()
-  dirs, _ = train_group(config, tmp_path, splits)
+  dirs = copy_of(mlp_group, tmp_path)
   cut_back(dirs[1], 2)  # seed 3 two saves ahead of step 10: not one interrupted round
   with pytest.raises(UserError, match="seed3.*2 saves past step 10.*not trained together"):
     loop_lib.train_runs(config, SEEDS, dirs, data=splits, verbose=False)
