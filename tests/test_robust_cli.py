@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mnist_jax.core import run_dir
+from mnist_jax.core import workdir as workdir_lib
 from mnist_jax.engine.loop import train_and_evaluate
 
 from robust_support import error_line, random_data, run_cli, run_python, start_cli, tiny_config
@@ -28,14 +29,14 @@ def tiny_run(tmp_path_factory):
 
 def test_train_on_a_workdir_another_process_trains_is_refused_at_once(tmp_path):
   workdir = str(tmp_path / "run")
-  with run_dir.locked(workdir):
+  with workdir_lib.locked(workdir):
     result = run_cli(*MLP, "--workdir", workdir)
   assert f"{workdir} is being trained by process {os.getpid()}" in error_line(result)
   assert not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE))
 
 
 def wait_for_lock(proc, workdir, timeout=180):
-  lock = workdir / run_dir.LOCK_FILE
+  lock = workdir / workdir_lib.LOCK_FILE
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline and proc.poll() is None:
     if lock.is_file() and lock.read_text().strip() == str(proc.pid):

@@ -12,6 +12,7 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.core import run_dir
+from mnist_jax.core import workdir as workdir_lib
 
 from robust_support import REPO, tiny_config
 
@@ -33,21 +34,21 @@ def epochs_of(workdir):
 
 def test_a_second_holder_is_refused_naming_the_first_and_the_lock_is_freed(tmp_path):
   workdir = str(tmp_path / "run")
-  lock = os.path.join(workdir, run_dir.LOCK_FILE)
-  with run_dir.locked(workdir):
+  lock = os.path.join(workdir, workdir_lib.LOCK_FILE)
+  with workdir_lib.locked(workdir):
     assert open(lock).read().strip() == str(os.getpid())
     # flock conflicts between two open files even within one process.
     with pytest.raises(UserError, match=rf"{workdir} is being trained by process "
                        rf"{os.getpid()}: wait .* or use another --workdir"):
-      with run_dir.locked(workdir):
+      with workdir_lib.locked(workdir):
         pass
   assert open(lock).read() == ""  # a free lock names nobody
-  with run_dir.locked(workdir):  # and can be taken again
+  with workdir_lib.locked(workdir):  # and can be taken again
     pass
 
 
-HOLD = ("import sys, time; from mnist_jax.core import run_dir\n"
-        "with run_dir.locked(sys.argv[1]):\n"
+HOLD = ("import sys, time; from mnist_jax.core import workdir as workdir_lib\n"
+        "with workdir_lib.locked(sys.argv[1]):\n"
         "  print('held', flush=True); time.sleep(300)\n")
 
 
@@ -59,19 +60,19 @@ def test_a_sigkilled_holder_leaves_no_stale_lock(tmp_path):
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=f"being trained by process {holder.pid}"):
-      with run_dir.locked(workdir):
+      with workdir_lib.locked(workdir):
         pass
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
-  with run_dir.locked(workdir):  # the kernel dropped the dead process's lock
+  with workdir_lib.locked(workdir):  # the kernel dropped the dead process's lock
     pass
 
 
 def test_only_the_writing_process_holds_the_lock(tmp_path):
   workdir = str(tmp_path / "run")
-  with run_dir.locked(workdir):
-    with run_dir.locked(workdir, hold=False):  # a multi-host run's process > 0
+  with workdir_lib.locked(workdir):
+    with workdir_lib.locked(workdir, hold=False):  # a multi-host run's process > 0
       pass
 
 
@@ -81,10 +82,10 @@ def test_a_workdir_that_is_a_file_or_empty_is_one_clear_error(tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
   with pytest.raises(UserError, match="is a file, not a folder"):
-    with run_dir.locked(str(a_file)):
+    with workdir_lib.locked(str(a_file)):
       pass
   with pytest.raises(UserError, match=r"workdir is empty \(--workdir=\)"):
-    with run_dir.locked(""):
+    with workdir_lib.locked(""):
       pass
 
 
@@ -94,7 +95,7 @@ def test_an_unwritable_workdir_is_one_clear_error(tmp_path, monkeypatch):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
   monkeypatch.setattr(run_dir.os, "makedirs", refuse)
   with pytest.raises(UserError, match=r"cannot write .*Permission denied.*writable"):
-    with run_dir.locked(str(tmp_path / "run")):
+    with workdir_lib.locked(str(tmp_path / "run")):
       pass
 
 

@@ -22,19 +22,17 @@ names cannot drift apart.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
 import sys
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import ml_collections
 
 from mnist_jax.core import config as config_lib
 from mnist_jax.core.errors import UserError
+from mnist_jax.core.workdir import write_error
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -44,7 +42,6 @@ EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
 FAILED_FILE = "failed.json"
 FIGURES_DIR = "figures"
-LOCK_FILE = "train.lock"
 
 # Every epoch line of metrics.jsonl has these keys...
 METRIC_KEYS = (
@@ -60,19 +57,6 @@ TIMING_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 SELECTIONS = ("last", "best_val")
 
 
-def write_error(error: OSError, path: str) -> UserError:
-  """A failed write of `path` as one line that says what to do."""
-  if error.errno == errno.ENOSPC:
-    return UserError(f"no space left on the device holding {path}: free some space "
-                     "and run the same command again (a run resumes from its last "
-                     "checkpoint).")
-  if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-    return UserError(f"cannot write {path} ({error.strerror}): make it writable or "
-                     "choose another --workdir.")
-  return UserError(f"cannot write {path} ({error.strerror or error}): check the path "
-                   "and the disk, then run the same command again.")
-
-
 def _write_atomic(path: str, text: str) -> None:
   """Write, fsync, then rename, so neither a kill nor a crash leaves half a file."""
   tmp = path + ".tmp"
@@ -84,58 +68,6 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
   except OSError as e:
     raise write_error(e, path) from None
-
-
-def make_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed; a UserError if it cannot hold a run."""
-  if not workdir or not workdir.strip():
-    raise UserError("the workdir is empty (--workdir=): name a folder for the run, "
-                    "e.g. --workdir runs/mlp.")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"workdir {workdir} is a file, not a folder: choose another "
-                    "--workdir.")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise write_error(e, workdir) from None
-  return workdir
-
-
-@contextlib.contextmanager
-def locked(workdir: str, hold: bool = True) -> Iterator[None]:
-  """Holds `workdir` for this process: a second `train` on it is refused at once.
-
-  An OS lock (fcntl.flock) on <workdir>/train.lock, which holds the holder's
-  PID. The kernel drops the lock when its process ends, however it ends
-  (SIGKILL included), so a lock is never stale. filelock (PyPI, 4.3.1) takes
-  the same flock, but its `pid` reads only its soft-lock fallback (with flock
-  it raises AttributeError, tried), so recording the PID would need this file
-  handling anyway. Creates the workdir. `hold=False` (a multi-host run's
-  processes other than 0, which share the workdir) takes no lock.
-  """
-  if not hold:
-    yield
-    return
-  path = os.path.join(make_workdir(workdir), LOCK_FILE)
-  try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  except OSError as e:
-    raise write_error(e, path) from None
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-      raise UserError(f"{workdir} is being trained by process {holder}: wait for it "
-                      "to finish or stop it, or use another --workdir.") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    try:
-      yield
-    finally:
-      os.ftruncate(fd, 0)  # an unheld lock names no process
-  finally:
-    os.close(fd)  # releases the flock
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> Dict:

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from mnist_jax.core import config as config_lib
 from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir, splits
+from mnist_jax.core import workdir as workdir_lib
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
@@ -312,7 +313,7 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
   # One process trains a workdir: a second is refused at once (process 0 holds it).
   with contextlib.ExitStack() as held:
     for workdir in workdirs:
-      held.enter_context(run_dir.locked(workdir, hold=jax.process_index() == 0))
+      held.enter_context(workdir_lib.locked(workdir, hold=jax.process_index() == 0))
     return _train_runs(config, seeds, workdirs, mnist_dir, data, verbose, force)
 
 
