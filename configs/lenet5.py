@@ -2,7 +2,7 @@ r"""LeNet-5 (LeCun et al. 1998), with ReLU and max pooling: 61,706 parameters.
 
   python -m mnist_jax train --config configs/lenet5.py --workdir runs/lenet5
 
-Deviations from the paper are listed in mnist_jax/models/lenet5.py. Adam 1e-3
+Deviations from the paper are listed in mnist_jax/core/models/lenet5.py. Adam 1e-3
 with a cosine schedule, batch 128, 20 epochs (the paper also trained 20).
 """
 

@@ -10,7 +10,7 @@ Rows and published test errors (no distortions): linear classifier 12.0%,
 0.95%. Ours use ReLU, softmax cross-entropy and Adam (the paper: sigmoid /
 scaled tanh units, squared error or RBF outputs, stochastic diagonal
 Levenberg-Marquardt); LeNet-5's deviations are listed in
-mnist_jax/models/lenet5.py. The paper's LeNet-5 has about 60,000 parameters
+mnist_jax/core/models/lenet5.py. The paper's LeNet-5 has about 60,000 parameters
 (its C3 connects 60 of 96 map pairs); ours 61,706.
 
 Presets. full: 5 seeds x 20 epochs (the paper trained LeNet-5 for 20).

@@ -6,7 +6,7 @@ r"""Study 2: translation (and rotation) robustness of the trained MLP and CNN.
 
 Trains the article's MLP and the default CNN, then evaluates each run on the
 test set shifted by 0..k pixels (mean over right, left, down and up) and
-rotated by a few angles (mnist_jax/robustness.py). Measures the article's
+rotated by a few angles (mnist_jax/inference/robustness.py). Measures the article's
 claim that a convolutional layer finds a feature "without being affected by
 the position". Tables: accuracy per shift and per angle; a two-panel plot.
 Note the CNN is only partly shift-invariant by construction: convolutions are

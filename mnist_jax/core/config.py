@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.validation_size = 0
 
   # On-device augmentation of the training images, inside the jitted step
-  # (mnist_jax/augment.py); per-image parameters drawn uniformly.
+  # (mnist_jax/core/augment.py); per-image parameters drawn uniformly.
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = False
   config.augment.rotation_deg = 0.0  # in [-r, r]

@@ -17,7 +17,7 @@ def an2020(kernel_size: int, channels: Sequence[int]) -> ml_collections.ConfigDi
   training image randomly rotated by up to 20 degrees and shifted by up to 20%
   of its size, and an EMA of the weights (decay 0.999) used for evaluation.
   Their rotation samples the nearest pixel and their shifts are whole pixels;
-  ours (mnist_jax/augment.py) are bilinear and continuous. On the project's
+  ours (mnist_jax/core/augment.py) are bilinear and continuous. On the project's
   2-core CPU, 150 epochs of these models are far too slow: a GPU/TPU recipe.
 
   Published (An et al. 2020): majority vote of M3, M5 and M7 99.87% test

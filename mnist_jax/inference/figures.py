@@ -3,7 +3,7 @@
 Every figure is a `matplotlib.figure.Figure` of a fixed size (FIGSIZES, at DPI
 dots per inch), so a PNG's pixel size is known in advance. Figures are made
 without pyplot: no global state and no display, PNGs rendered by Agg.
-`mnist_jax.plots.make_figures` builds them all from a run directory.
+`mnist_jax.inference.plots.make_figures` builds them all from a run directory.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Recognise digits in a user's own image files with a trained run.
 
-`predict_files` reads each file (mnist_jax.digits), runs the model once on all
+`predict_files` reads each file (mnist_jax.inference.digits), runs the model once on all
 the good ones and returns one result per path, in order; a bad file becomes a
 result with an `error`, so one broken file never stops the others.
 """

@@ -1,6 +1,6 @@
 r"""Where a CNN step's time goes: its convolutions' and poolings' pieces, timed alone.
 
-  python -m mnist_jax.benchmark_ops [--config configs/cnn.py] [--batch 128]
+  python -m mnist_jax.tools.benchmark_ops [--config configs/cnn.py] [--batch 128]
 
 For every conv stage of a CNN config: the forward convolution, its input
 gradient and its kernel gradient, with XLA's kernel gradient over the whole

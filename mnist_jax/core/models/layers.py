@@ -119,7 +119,7 @@ def one_call_per_member(fn):
   """`fn(*arrays)`, whose jax.vmap makes one call per member instead of one batched op.
 
   vmap of a convolution over its kernel (several seeds' models in one program,
-  mnist_jax/multiseed.py) becomes a grouped convolution, which XLA:CPU runs far
+  engine/loop.train_runs) becomes a grouped convolution, which XLA:CPU runs far
   slower than the same convolutions one by one (docs/performance.md). The
   members' calls are unrolled at trace time and are independent, so XLA may
   run them side by side.
