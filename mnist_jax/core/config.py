@@ -93,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects settings that cannot train, with a sentence saying what to change."""
   validate_finite(config)
-  validate_seed(config.get("seed", 0))
+  validate_seed(config.seed)
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
     if key in config and int(config[key]) < 1:
       raise UserError(f"config.{key} = {config[key]}: it must be at least 1.")
@@ -145,15 +145,15 @@ def validate_seed(seed: Any) -> None:
 
 
 def _validate_selection(config: ml_collections.ConfigDict) -> None:
-  ema = config.get("ema_decay", 0.0)
+  ema = config.ema_decay
   if not 0.0 <= ema < 1.0:
     raise UserError(f"config.ema_decay = {ema}: use a value in [0, 1) "
                     "(0 = no moving average).")
-  size = config.data.get("validation_size", 0)
+  size = config.data.validation_size
   if int(size) != size or size < 0:
     raise UserError(f"config.data.validation_size = {size}: use a whole number "
                     ">= 0 (0 = no validation split).")
-  select = config.get("select", "last")
+  select = config.select
   if select not in ("last", "best_val"):
     raise UserError(f"config.select = {select!r}: use 'last' or 'best_val'.")
   if select == "best_val" and size == 0:

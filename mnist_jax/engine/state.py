@@ -58,7 +58,7 @@ def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
   params = init["params"]
   schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   tx = make_optimizer(config.optimizer, schedule)
-  ema_decay = float(config.get("ema_decay", 0.0))  # runs saved before EMA lack it
+  ema_decay = float(config.ema_decay)
   # A copy, not the same arrays: the step donates the state's buffers.
   ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
@@ -89,7 +89,7 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
 def step_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The config's settings that `train_step` takes besides state, batch, keys."""
   return {"label_smoothing": config.label_smoothing,
-          "augment": config.get("augment")}
+          "augment": config.augment}
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:

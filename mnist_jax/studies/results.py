@@ -59,7 +59,7 @@ def read_run(workdir: str, seed: int) -> Optional[RunResult]:
     return None
   metrics = run_dir.read_metrics(workdir)[:config.num_epochs]
   return RunResult(seed, workdir, metrics, run_dir.read_extras(workdir),
-                   config.get("select", "last"))
+                   config.select)
 
 
 def check_study_dir(study_dir: str) -> None:
