@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mnist_jax import UserError
+from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.inference import figures, plots, trained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_confusion_matrix_and_confident_errors():
                     [0.8, 0.2, 0.0]])  # wrong, 0.8
   counts = figures.confusion_matrix(labels, probs.argmax(-1), num_classes=3)
   assert counts.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
-  assert figures.most_confident_errors(labels, probs, 2).tolist() == [3, 4]
+  assert eval_lib.confident_mistakes(labels, probs, 2).tolist() == [3, 4]
 
 
 @pytest.mark.real_data

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from configs import mlp
 from mnist_jax.core import data as data_lib, run_dir
-from mnist_jax.engine import metric_writer
+from mnist_jax.engine import evaluate as eval_lib, metric_writer
 from mnist_jax.engine.loop import train_and_evaluate
 
 # 96 training images in batches of 32: 3 steps per epoch, steps 1..6 in all.
@@ -87,8 +87,8 @@ def test_confident_mistakes_come_most_confident_first():
   probs_NxC[2, 4] = 0.90  # wrong: 2 taken for 4
   probs_NxC[3, 1] = 0.70  # wrong: 3 taken for 1
   probs_NxC[4, 4] = 0.96  # right
-  assert metric_writer.confident_mistakes(labels_N, probs_NxC, 5).tolist() == [2, 3, 1]
-  assert metric_writer.confident_mistakes(labels_N, probs_NxC, 2).tolist() == [2, 3]
+  assert eval_lib.confident_mistakes(labels_N, probs_NxC, 5).tolist() == [2, 3, 1]
+  assert eval_lib.confident_mistakes(labels_N, probs_NxC, 2).tolist() == [2, 3]
   table = metric_writer.mistakes_table(labels_N, probs_NxC, np.array([2, 3])).splitlines()
   assert table[2] == "| 2 → 4 (90%) | 3 → 1 (70%) |"
 

@@ -138,3 +138,12 @@ def probabilities(apply_fn, params, batch_stats, images_NxHxWx1: np.ndarray,
     probs_BxC = _eval_batch("probabilities", apply_fn, False, params, batch, batch_stats)
     probs.append(np.asarray(jax.device_get(probs_BxC))[mask > 0])
   return np.concatenate(probs)
+
+
+def confident_mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray,
+                       count: int) -> np.ndarray:
+  """Indices of up to `count` misclassified examples, most confident first."""
+  predicted_N = probs_NxC.argmax(-1)
+  wrong = np.flatnonzero(predicted_N != labels_N)
+  confidence = probs_NxC[wrong, predicted_N[wrong]]
+  return wrong[np.argsort(-confidence, kind="stable")][:count]

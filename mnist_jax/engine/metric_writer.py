@@ -72,15 +72,6 @@ class StepProfiler:
     self.tracing, self.done = False, True
 
 
-def confident_mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray,
-                       count: int) -> np.ndarray:
-  """Indices of up to `count` misclassified examples, most confident first."""
-  predicted_N = probs_NxC.argmax(-1)
-  wrong = np.flatnonzero(predicted_N != labels_N)
-  confidence = probs_NxC[wrong, predicted_N[wrong]]
-  return wrong[np.argsort(-confidence, kind="stable")][:count]
-
-
 def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
                    idx_M: np.ndarray) -> str:
   """A Markdown table laid out like the image grid: 'label → predicted (p)'."""
@@ -147,7 +138,7 @@ class RunWriter:
   def misclassified(self, images_NxHxWx1: np.ndarray, labels_N: np.ndarray,
                     probs_NxC: np.ndarray, step: Optional[int] = None) -> None:
     """The most confidently misclassified images as one grid, labels beside."""
-    idx_M = confident_mistakes(labels_N, probs_NxC, self.mistakes)
+    idx_M = eval_lib.confident_mistakes(labels_N, probs_NxC, self.mistakes)
     if not self.events or not len(idx_M):
       return
     self.events.add_images("misclassified/images", images_NxHxWx1[idx_M], step,

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mnist_jax.engine import evaluate as eval_lib
+
 DPI = 100
 FIGSIZES: Dict[str, Tuple[float, float]] = {
     "train_samples": (8.0, 7.0),
@@ -164,18 +166,9 @@ def per_class_accuracy(counts_CxC: np.ndarray) -> Figure:
   return fig
 
 
-def most_confident_errors(labels: np.ndarray, probs_NxC: np.ndarray,
-                          n: int) -> np.ndarray:
-  """Indices of up to `n` misclassified examples, most confident first."""
-  predicted = probs_NxC.argmax(-1)
-  wrong = np.flatnonzero(predicted != labels)
-  confidence = probs_NxC[wrong, predicted[wrong]]
-  return wrong[np.argsort(-confidence, kind="stable")][:n]
-
-
 def misclassified(images: np.ndarray, labels: np.ndarray, probs_NxC: np.ndarray,
                   n: int = 24) -> Figure:
-  idx = most_confident_errors(labels, probs_NxC, n)
+  idx = eval_lib.confident_mistakes(labels, probs_NxC, n)
   pred = probs_NxC[idx].argmax(-1)
   titles = [f"#{i}: true {labels[i]}\npred {p} ({probs_NxC[i, p]:.0%})"
             for i, p in zip(idx, pred)]
