@@ -61,6 +61,13 @@ def checkpoint_steps(workdir):
   return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
 
 
+def noise_splits(*sizes, seed=0):
+  """One MNIST-shaped split of uniform-noise images and random labels per size."""
+  rng = np.random.default_rng(seed)
+  return tuple(data.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                          rng.integers(0, 10, n).astype(np.int32)) for n in sizes)
+
+
 def write_noise_npz(path, train=2000, test=500, seed=0):
   """An .npz like tests' MNIST slices, of uniform noise with cycling labels."""
   rng = np.random.default_rng(seed)

@@ -19,11 +19,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pytest
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.studies import runner as study_lib, spec
+
+from helpers import noise_splits
 
 ray = pytest.importorskip("ray")
 
@@ -113,11 +114,7 @@ def two_nodes():
 
 @pytest.fixture
 def random_mnist(monkeypatch):
-  rng = np.random.default_rng(0)
-  def split(n):
-    return data_lib.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-                          rng.integers(0, 10, n).astype(np.int32))
-  splits = split(320), split(100)
+  splits = noise_splits(320, 100)
   monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
 
 

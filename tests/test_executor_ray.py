@@ -9,14 +9,13 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.studies import runner as study_lib, script, spec
 
 from experiments import kernel_size
-from helpers import assert_same_bits, final_params, without_times
+from helpers import assert_same_bits, final_params, noise_splits, without_times
 
 ray = pytest.importorskip("ray")
 
@@ -72,11 +71,7 @@ KILL_PRESET = spec.Preset(seeds=(0,), overrides={"num_epochs": 3})
 @pytest.fixture
 def random_mnist(monkeypatch):
   """The study's data, loaded by the driver and sent to the workers by Ray."""
-  rng = np.random.default_rng(0)
-  def split(n):
-    return data_lib.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-                          rng.integers(0, 10, n).astype(np.int32))
-  splits = split(4000), split(500)
+  splits = noise_splits(4000, 500)
   monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
 
 
