@@ -41,8 +41,9 @@ def _define_speedrun(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("out", "runs/speedrun", "OUT/seedS: the runs (started over); "
                       "OUT/speedrun.md and .json: the table", flag_values=fv)
   flags.DEFINE_string("config", "configs/speedrun.py", "config file", flag_values=fv)
-  flags.DEFINE_list("set", [], "FIELD=VALUE overrides passed to every train as "
-                    "--config.FIELD=VALUE, e.g. num_epochs=1", flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE, passed to every train as "
+                            "--config.FIELD=VALUE; repeat it for several fields, "
+                            "e.g. --set num_epochs=1 --set batch_size=32", flag_values=fv)
   flags.DEFINE_bool("group", False, "also train the seeds as one vmapped program "
                     "(train --seeds) and compare its images/s", flag_values=fv)
 
