@@ -75,7 +75,7 @@ if os.path.exists(bench):
 speed = os.path.join(out, "speedrun", "speedrun.md")
 if os.path.exists(speed):
   lines += ["", "## Speedrun end to end", "", open(speed).read().rstrip()]
-tables = sorted(glob.glob(os.path.join(out, "study", "*.md")))
+tables = sorted(glob.glob(os.path.join(out, "study", "tables", "*.md")))
 if tables:
   lines += ["", "## Study kernel_size (--quick)"]
   lines += ["", *(open(t).read().rstrip() for t in tables)]
