@@ -15,7 +15,7 @@ on the 60,000 training images only (no test-set stopping or selection: the
 schedule is fixed and the last epoch is reported). Recipe choices are made on
 a validation split (the last 5,000 training images held out,
 config.data.validation_size), never on test accuracy: one epoch instead of
-two measured 98.66-98.84% validation accuracy (peak 3e-3 or 5e-3, batch 32
+two measured 98.66-98.84% validation accuracy (peak 2e-3 to 5e-3, batch 32
 or 64; seeds 0 and 1, measured 2026-11-30) against 99.08/99.00% for two
 (seeds 0, 1, an earlier session), so the recipe keeps two epochs. Measured
 runtime and accuracy: docs/performance.md.
