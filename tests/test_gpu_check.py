@@ -26,8 +26,9 @@ def test_tiny_gpu_check_writes_a_summary_with_every_part(mnist_dir, tfds_dir, tm
   for part in ("benchmark", "speedrun", "study"):  # each ran and succeeded
     assert re.search(rf"^\| {part} \| 0 \| \d+\.\d \|$", summary, re.M), part
   assert re.search(r"^\| mlp \| 128 \| ", summary, re.M)  # the benchmark's row
-  # The speedrun's seed 0: accuracy, training and end-to-end seconds.
-  assert re.search(r"^\| 0 \| \d+\.\d\d% \| \d+\.\d \| \d+\.\d \|$", summary, re.M)
+  # The speedrun's seed 0: accuracy, training, end-to-end and CPU seconds, load.
+  assert re.search(r"^\| 0 \| \d+\.\d\d% \| \d+\.\d \| \d+\.\d \| \d+\.\d \| \d+\.\d \|$",
+                   summary, re.M)
   assert "Mean test accuracy" in summary and "over 1 seed;" in summary
   # Every --set reached the run: 1 epoch of 15 full batches of 64 of the 1,000 images.
   seed0 = json.loads((out / "speedrun" / "speedrun.json").read_text())["rows"][0]

@@ -8,8 +8,8 @@ from mnist_jax.tools import speedrun
 
 
 def _row(seed, acc, train_s, e2e, images=60000):
-  return {"seed": seed, "test_accuracy": acc, "train_s": train_s,
-          "end_to_end_s": e2e, "train_images": images, "epochs": 1}
+  return {"seed": seed, "test_accuracy": acc, "train_s": train_s, "end_to_end_s": e2e,
+          "cpu_s": 2 * e2e, "load_1min": 1.5, "train_images": images, "epochs": 1}
 
 
 def test_summary_counts_the_seeds_below_99_percent():
@@ -28,7 +28,8 @@ def test_group_ratio_is_images_per_second_together_over_one_after_another():
 def test_markdown_lists_each_seed_and_the_mean():
   rows = [_row(0, 0.9912, 9.04, 14.0), _row(1, 0.9898, 9.5, 14.46)]
   text = speedrun.markdown(rows, speedrun.summary(rows), "python -m mnist_jax train ...")
-  assert "| 0 | 99.12% | 9.0 | 14.0 |" in text and "| 1 | 98.98% | 9.5 | 14.5 |" in text
+  assert "| 0 | 99.12% | 9.0 | 14.0 | 28.0 | 1.5 |" in text
+  assert "| 1 | 98.98% | 9.5 | 14.5 | 28.9 | 1.5 |" in text
   assert "Mean test accuracy **99.05%** over 2 seeds; 1 below 99.0%." in text
 
 

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.config import REPO_ROOT
@@ -50,12 +51,13 @@ def train_command(config: str, workdir: str, overrides: Sequence[str],
   return argv + [f"--config.{o}" for o in overrides]
 
 
-def run_timed(argv: List[str]) -> float:
-  """Runs `argv`; seconds from its start to its first FINAL_LINE on stdout.
-  A failing command raises UserError with its last line of output."""
+def run_timed(argv: List[str]) -> Tuple[float, float]:
+  """Runs `argv`: (seconds from its start to its first FINAL_LINE on stdout,
+  CPU seconds of the whole process, user + sys: less inflated than wall time
+  on a busy machine). A failing command raises UserError with its last line."""
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-  start = time.perf_counter()
+  before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
   finished, last = None, ""
   with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         text=True, cwd=REPO_ROOT, env=env) as proc:
@@ -67,7 +69,8 @@ def run_timed(argv: List[str]) -> float:
   if proc.returncode != 0 or finished is None:
     raise UserError(f"`{' '.join(argv[1:])}` failed (exit status {proc.returncode}): "
                     f"{last}")
-  return finished
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return finished, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def seed_result(workdir: str) -> Dict:
@@ -104,9 +107,11 @@ def group_ratio(separate: List[Dict], group: List[Dict]) -> float:
 def markdown(rows: List[Dict], stats: Dict, command: str,
              group: Optional[Dict] = None) -> str:
   lines = [f"`{command}` (one process per seed)", "",
-           "| seed | test accuracy | training (s) | end to end (s) |", "|---|---|---|---|"]
+           "| seed | test accuracy | training (s) | end to end (s) | CPU (s) | load before |",
+           "|---|---|---|---|---|---|"]
   lines += [f"| {r['seed']} | {100 * r['test_accuracy']:.2f}% | {r['train_s']:.1f} | "
-            f"{r['end_to_end_s']:.1f} |" for r in rows]
+            f"{r['end_to_end_s']:.1f} | {r['cpu_s']:.1f} | {r['load_1min']:.1f} |"
+            for r in rows]
   seeds = f"{stats['seeds']} seed" + ("s" if stats["seeds"] != 1 else "")
   lines += ["", f"Mean test accuracy **{100 * stats['mean_accuracy']:.2f}%** over "
             f"{seeds}; {stats['below_target']} below "
@@ -139,10 +144,13 @@ def run(seeds: Sequence[int], out: str = "runs/speedrun",
   for seed in seeds:
     workdir = os.path.join(out, f"seed{seed}")
     argv = train_command(config_path, workdir, overrides, seed=seed)
-    end_to_end = run_timed(argv)
-    row = dict(seed=seed, end_to_end_s=end_to_end, **seed_result(workdir))
+    load = os.getloadavg()[0]
+    end_to_end, cpu = run_timed(argv)
+    row = dict(seed=seed, end_to_end_s=end_to_end, cpu_s=cpu, load_1min=load,
+               **seed_result(workdir))
     print(f"seed {seed}: test accuracy {row['test_accuracy']:.4f}, training "
-          f"{row['train_s']:.1f} s, end to end {end_to_end:.1f} s", flush=True)
+          f"{row['train_s']:.1f} s, end to end {end_to_end:.1f} s (CPU {cpu:.1f} s, "
+          f"load {load:.1f} before)", flush=True)
     rows.append(row)
   stats = summary(rows)
   shown = _shown(train_command(config, os.path.join(out, "seedS"), overrides, seed=0)
@@ -164,9 +172,9 @@ def run(seeds: Sequence[int], out: str = "runs/speedrun",
 def _run_group(seeds, out, config, config_path, overrides, separate) -> Dict:
   workdir = os.path.join(out, "group")
   listed = ",".join(map(str, seeds))
-  end_to_end = run_timed(train_command(config_path, workdir, overrides, seeds=listed))
+  end_to_end, cpu = run_timed(train_command(config_path, workdir, overrides, seeds=listed))
   group = [seed_result(os.path.join(workdir, f"seed{s}")) for s in seeds]
   return {"command": _shown(train_command(config, workdir, overrides, seeds=listed)),
-          "end_to_end_s": end_to_end, "train_s": group[0]["train_s"],
+          "end_to_end_s": end_to_end, "cpu_s": cpu, "train_s": group[0]["train_s"],
           "accuracies": [g["test_accuracy"] for g in group],
           "ratio": group_ratio(separate, group)}
