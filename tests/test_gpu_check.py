@@ -19,7 +19,7 @@ def test_tiny_gpu_check_writes_a_summary_with_every_part(mnist_dir, tfds_dir, tm
              MNIST_DIR=mnist_dir, TFDS_DATA_DIR=tfds_dir)
   out = tmp_path / "check"
   result = subprocess.run(["bash", SCRIPT, str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1500)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   summary = (out / "summary.md").read_text()
   assert f"Device: {jax.devices()[0].device_kind} " in summary
