@@ -13,6 +13,19 @@ from typing import Optional
 from mnist_jax.core.errors import UserError
 
 GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+CACHE_DIR_ENV = "MNIST_JAX_CACHE_DIR"
+
+
+def cache_home() -> str:
+  """Where this project keeps what it can rebuild: $MNIST_JAX_CACHE_DIR, else
+  $XDG_CACHE_HOME/mnist_jax, else ~/.cache/mnist_jax.
+
+  Deleting it is always safe; it holds the decoded MNIST arrays (core/data.py).
+  """
+  if os.environ.get(CACHE_DIR_ENV):
+    return os.environ[CACHE_DIR_ENV]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mnist_jax")
 
 
 def set_gpu_determinism(enabled: bool) -> None:
