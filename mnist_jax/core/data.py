@@ -345,7 +345,9 @@ def _decode_with_tfds(version_dir: str, mnist_dir: Optional[str], tfds_dir: str,
   import tensorflow as tf
   builder = prepare(mnist_dir, tfds_dir)
   try:
-    decoded = {name: _read_tfds(builder, name) for name in shard_lengths}
+    # Smallest split first: a damaged copy fails sooner.
+    decoded = {name: _read_tfds(builder, name)
+               for name in sorted(shard_lengths, key=lambda n: sum(shard_lengths[n]))}
   except tf.errors.OpError as e:
     found = re.search(r"(corrupted|truncated) record at \d+", str(e))
     raise _damaged(version_dir, found.group(0) if found else type(e).__name__) from None
