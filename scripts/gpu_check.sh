@@ -30,8 +30,10 @@ else
          --steps 20 --seeds 4)
   SPEED=(--seeds 0,1,2,3,4 --group)
 fi
-if "$PY" -c 'import torch' 2>/dev/null \
-   && "$PY" -m mnist_jax benchmark -h 2>/dev/null | grep -q -- '--against'; then
+# The help text is read whole first: `grep -q` on a pipe may end it early and,
+# under pipefail, fail the test though the flag is there.
+BENCH_HELP=$("$PY" -m mnist_jax benchmark -h 2>/dev/null)
+if "$PY" -c 'import torch' 2>/dev/null && grep -q -- '--against' <<< "$BENCH_HELP"; then
   BENCH+=(--against torch)
 fi
 
