@@ -33,14 +33,13 @@ def local_ray():
 
 def table_without_times(stem, time_column="train time"):
   """A table's CSV rows and Markdown lines, the (wall) time column left out."""
-  with open(stem + ".csv") as f:
-    rows = list(csv.DictReader(f))
-  [column] = [k for k in rows[0] if k.startswith(time_column)]
+  with open(stem + ".csv") as f:  # the CSV splits a mean ± std column in two
+    rows = [{k: v for k, v in row.items() if not k.startswith(time_column)}
+            for row in csv.DictReader(f)]
   with open(stem + ".md") as f:
     cells = [line.split(" | ") for line in f if line.startswith("|")]
-  at = [c.strip("| ") for c in cells[0]].index(column)
-  return ([{k: v for k, v in row.items() if k != column} for row in rows],
-          [c[:at] + c[at + 1:] for c in cells])
+  [at] = [i for i, c in enumerate(cells[0]) if c.strip("|\n ").startswith(time_column)]
+  return rows, [c[:at] + c[at + 1:] for c in cells]
 
 
 @pytest.mark.real_data
