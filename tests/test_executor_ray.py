@@ -79,6 +79,7 @@ def random_mnist_splits(monkeypatch):
   """Random 'train' and 'test' splits for everything that loads one: the
   study runner (sent to the workers by Ray) and the ensemble's evaluation."""
   train, test = noise_splits(1000, 300)
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: (train, test))
   monkeypatch.setattr(data_lib, "load_split",
                       lambda split, *a, **k: train if split.startswith("train") else test)
 
