@@ -24,12 +24,16 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("e2e_split", "", "also train two epochs on this MNIST slice "
                       "(e.g. 'train')", flag_values=fv)
   flags.DEFINE_string("out", "runs/benchmark.csv", "CSV file to write", flag_values=fv)
+  flags.DEFINE_string("against", "", "'torch': also time each config's PyTorch twin "
+                      "(NCHW and channels_last) in the same rounds; needs the extra "
+                      "`pip install -e .[bench]`", flag_values=fv)
 
 
 def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
   from mnist_jax.tools import benchmark as benchmark_lib
   benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
-                    seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out)
+                    seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out,
+                    against=fv.against)
   return 0
 
 
