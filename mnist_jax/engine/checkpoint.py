@@ -14,7 +14,11 @@ devices restores onto any other device count.
 The `state` item holds only the train state's non-empty fields: batch norm
 statistics and the EMA of the weights are absent for models and configs that
 have none, so their checkpoints keep the layout they had before those fields
-existed and old runs still restore and resume.
+existed and old runs still restore and resume. The EMA's own batch statistics
+(`ema_batch_stats`) are newer than the EMA: a checkpoint of an EMA run saved
+before them (commit 5ccd3f5 and earlier) restores with a copy of the live
+statistics in their place, so an old run evaluates exactly as it did when
+it was trained and measured, and a resumed one averages on from them.
 
 A run that selects its checkpoint by validation accuracy also keeps a copy
 of the best epoch's state in a second manager (`best_manager`), with the
@@ -34,29 +38,44 @@ import errno
 import os
 import shutil
 import sys
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.run_dir import best_checkpoint_dir, checkpoint_dir, write_error
 
 # Train-state fields that are saved only when they hold something.
-OPTIONAL_FIELDS = ("batch_stats", "ema_params")
+OPTIONAL_FIELDS = ("batch_stats", "ema_params", "ema_batch_stats")
+# Optional fields that a checkpoint of this config may lack, having been saved
+# before they existed: what stands in for them (see the module docstring).
+_ADDED_LATER = {"ema_batch_stats": lambda state: jax.tree.map(jnp.copy, state.batch_stats)}
+
+# The items of each kind of checkpoint folder, with their orbax handlers
+# (registered, so that a step's saved fields can be read: `_saved_fields`).
+_LAST_ITEMS = ("state", "progress")
+_BEST_ITEMS = ("state", "selection")
+_HANDLERS = {"state": ocp.StandardCheckpointHandler,
+             "progress": ocp.StandardCheckpointHandler,
+             "selection": ocp.JsonCheckpointHandler}
+
+
+def _manager(directory: str, items, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(**options),
+      item_handlers={item: _HANDLERS[item]() for item in items})
 
 
 def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  return _manager(checkpoint_dir(workdir), _LAST_ITEMS, max_to_keep=max_to_keep,
+                  create=True)
 
 
 def best_manager(workdir: str) -> ocp.CheckpointManager:
   """The best epoch's state (by validation accuracy), one checkpoint at most."""
-  return ocp.CheckpointManager(
-      best_checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  return _manager(best_checkpoint_dir(workdir), _BEST_ITEMS, max_to_keep=1, create=True)
 
 
 def state_item(state) -> Dict[str, Any]:
@@ -70,8 +89,26 @@ def state_item(state) -> Dict[str, Any]:
   return item
 
 
+def _saved_fields(mngr: ocp.CheckpointManager, step: int):
+  """The train-state fields that the checkpoint of `step` holds."""
+  return set(mngr.item_metadata(step)["state"].keys())
+
+
+def _state_restore(mngr: ocp.CheckpointManager, step: int, template_state):
+  """Restore args for the `state` item of `step`, shaped like `template_state`
+  less the fields that were added later and that this checkpoint lacks."""
+  item = state_item(template_state)
+  later = set(item) & set(_ADDED_LATER)
+  missing = later - _saved_fields(mngr, step) if later else set()
+  return ocp.args.StandardRestore(_abstract({k: v for k, v in item.items()
+                                             if k not in missing}))
+
+
 def _from_item(template_state, item: Dict[str, Any]):
-  return template_state.replace(**item)
+  state = template_state.replace(**item)
+  stand_ins = {name: make(state) for name, make in _ADDED_LATER.items()
+               if name in state_item(template_state) and name not in item}
+  return state.replace(**stand_ins)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, progress) -> None:
@@ -136,7 +173,8 @@ def save_best(mngr: ocp.CheckpointManager, step: int, state,
 
 def best_selection(mngr: ocp.CheckpointManager) -> Optional[Dict[str, Any]]:
   """The saved best checkpoint's {epoch, val_accuracy}, or None if there is none."""
-  found = _newest_readable(mngr, ocp.args.Composite(selection=ocp.args.JsonRestore()))
+  found = _newest_readable(
+      mngr, lambda step: ocp.args.Composite(selection=ocp.args.JsonRestore()))
   return None if found is None else found[1]["selection"]
 
 
@@ -155,17 +193,17 @@ def _reason(error: Exception) -> str:
   return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _newest_readable(mngr: ocp.CheckpointManager, args,
+def _newest_readable(mngr: ocp.CheckpointManager, args_at: Callable[[int], Any],
                      drop: bool = False) -> Optional[Tuple[int, Any]]:
-  """(step, restored items) of the newest checkpoint that can be read; None if
-  the manager has none. Each unreadable one is reported in one line and, with
-  `drop`, deleted once an older one was read: training resumes from the older
-  one and recomputes its steps bit for bit, and orbax saves no step at or below
-  its newest. None readable: a UserError."""
+  """(step, restored items) of the newest checkpoint that can be read with
+  `args_at(step)`; None if the manager has none. Each unreadable one is
+  reported in one line and, with `drop`, deleted once an older one was read:
+  training resumes from the older one and recomputes its steps bit for bit,
+  and orbax saves no step at or below its newest. None readable: a UserError."""
   steps = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     try:
-      restored = mngr.restore(step, args=args)
+      restored = mngr.restore(step, args=args_at(step))
     except Exception as e:  # noqa: BLE001 -- any damage; see the module docstring
       older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
       _notice(f"the checkpoint of step {step} in {mngr.directory} cannot be read "
@@ -185,8 +223,8 @@ def restore(mngr: ocp.CheckpointManager, template_state,
             template_progress) -> Optional[Tuple[Any, Any]]:
   """(state, progress) of the newest readable checkpoint, or None if there is
   none; unreadable newer ones are deleted (see _newest_readable)."""
-  found = _newest_readable(mngr, ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state_item(template_state))),
+  found = _newest_readable(mngr, lambda step: ocp.args.Composite(
+      state=_state_restore(mngr, step, template_state),
       progress=ocp.args.StandardRestore(_abstract(template_progress))), drop=True)
   if found is None:
     return None
@@ -194,13 +232,12 @@ def restore(mngr: ocp.CheckpointManager, template_state,
   return _from_item(template_state, restored["state"]), restored["progress"]
 
 
-def _reader(directory: str) -> Optional[ocp.CheckpointManager]:
+def _reader(directory: str, items) -> Optional[ocp.CheckpointManager]:
   """A manager of `directory` for reading; None, creating nothing, if it is absent.
   (Not orbax's read_only option: it logs two warnings each time.)"""
   if not os.path.isdir(directory):
     return None
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=False))
+  return _manager(directory, items, create=False)
 
 
 def restore_latest(workdir: str, template_state, which: str = "last"):
@@ -208,10 +245,11 @@ def restore_latest(workdir: str, template_state, which: str = "last"):
   ('best'), placed like `template_state`. Reads only: creates and deletes nothing."""
   if which not in ("last", "best"):
     raise UserError(f"unknown checkpoint {which!r}: use 'last' or 'best'.")
-  where = checkpoint_dir(workdir) if which == "last" else best_checkpoint_dir(workdir)
-  mngr = _reader(where)
-  found = None if mngr is None else _newest_readable(mngr, ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state_item(template_state)))))
+  where, items = ((checkpoint_dir(workdir), _LAST_ITEMS) if which == "last"
+                   else (best_checkpoint_dir(workdir), _BEST_ITEMS))
+  mngr = _reader(where, items)
+  found = None if mngr is None else _newest_readable(mngr, lambda step: ocp.args.Composite(
+      state=_state_restore(mngr, step, template_state)))
   if mngr is not None:
     mngr.close()
   if found is None:
