@@ -88,3 +88,20 @@ def test_variant_values_take_the_type_of_the_config_default():
     benchmark.with_override(base, "batch_size", "big")
   with pytest.raises(UserError, match="model.kernel_size: the config has no such field"):
     benchmark.with_override(base, "model.kernel_size", "3")
+
+
+def test_fixed_costs_split_a_train_by_hand(tmp_path):
+  """fixed = wall - the compile seconds `train` printed - the epochs' seconds."""
+  from mnist_jax.tools import fixed_costs
+  (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "epoch_time_s": 1.5}\n'
+                                          '{"epoch": 2, "epoch_time_s": 2.0}\n')
+  split = fixed_costs.split_train_time("Train and eval steps compiled in 0.7s\n",
+                                       str(tmp_path), wall=6.0)
+  assert split == {"compile_s": 0.7, "epochs_s": 3.5, "fixed_s": pytest.approx(1.8)}
+
+
+@pytest.mark.parametrize("text", ["", "before", "a=", "x=/nonexistent"])
+def test_fixed_costs_refuse_bad_checkouts_in_one_line(text):
+  from mnist_jax.tools import fixed_costs
+  with pytest.raises(UserError, match="--fixed_costs"):
+    fixed_costs.parse_checkouts(text)

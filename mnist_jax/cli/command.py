@@ -109,7 +109,9 @@ def define_device_flags(fv: flags.FlagValues) -> None:
 
 
 def start_jax(fv: flags.FlagValues) -> None:
-  """XLA flags and multi-host set-up: both must precede JAX's first device use."""
+  """XLA flags, multi-host set-up and the compilation cache: all must precede
+  JAX's first device use."""
   runtime.set_gpu_determinism(fv.deterministic)
+  runtime.enable_compilation_cache()
   if fv.multihost:
     runtime.init_multihost(fv.coordinator_address, fv.num_processes, fv.process_id)

@@ -13,6 +13,7 @@ from absl import flags
 
 from mnist_jax.cli.command import (Command, define_config, define_data_dir,
                                    define_device_flags, start_jax)
+from mnist_jax.core import runtime
 from mnist_jax.core.errors import UserError
 
 
@@ -95,6 +96,7 @@ def _define_plot(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def plot(fv: flags.FlagValues, args: List[str]) -> int:
+  runtime.enable_compilation_cache()  # no device flags here: only the cache
   from mnist_jax.inference.plots import make_figures
   written, skipped = make_figures(fv.workdir, fv.format, fv.digit, mnist_dir=fv.data_dir)
   for name, reason in skipped.items():
@@ -121,6 +123,7 @@ def predict(fv: flags.FlagValues, args: List[str]) -> int:
     raise UserError(f"--top {fv.top}: use a number from 1 to 10.")
   if not args:
     raise UserError("predict needs image files or folders after the flags.")
+  runtime.enable_compilation_cache()  # no device flags here: only the cache
   from mnist_jax.inference.predict import report_predictions
   return report_predictions(fv.workdir, args, top=fv.top, as_json=fv.json,
                             figure=fv.figure, preprocess=not fv["no-preprocess"].value)

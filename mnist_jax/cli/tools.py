@@ -24,9 +24,18 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("e2e_split", "", "also train two epochs on this MNIST slice "
                       "(e.g. 'train')", flag_values=fv)
   flags.DEFINE_string("out", "runs/benchmark.csv", "CSV file to write", flag_values=fv)
+  flags.DEFINE_string("fixed_costs", "", "LABEL=CHECKOUT,...: instead, time the commands "
+                      "a user types (train --config.num_epochs=1 of each of --configs, "
+                      "evaluate, predict of one PNG) in fresh processes of each checkout, "
+                      "interleaved, --rounds times (e.g. before=../main,after=. --rounds 2)",
+                      flag_values=fv)
 
 
 def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
+  if fv.fixed_costs:
+    from mnist_jax.tools import fixed_costs
+    fixed_costs.run(fv.fixed_costs, fv.configs, rounds=fv.rounds, out=fv.out)
+    return 0
   from mnist_jax.tools import benchmark as benchmark_lib
   benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
                     seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out)

@@ -1,8 +1,9 @@
 """Process set-up that must happen before JAX starts its backends.
 
-Both functions are called by the CLI before anything touches a device:
-XLA reads XLA_FLAGS once, when the first backend starts, and
-`jax.distributed.initialize` must run before any computation.
+The CLI calls these before anything touches a device: XLA reads XLA_FLAGS
+once, when the first backend starts, `jax.distributed.initialize` must run
+before any computation, and the compilation cache must be set before the
+first compile.
 """
 
 from __future__ import annotations
@@ -13,6 +14,42 @@ from typing import Optional
 from mnist_jax.core.errors import UserError
 
 GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+CACHE_DIR_ENV = "MNIST_JAX_CACHE_DIR"
+COMPILATION_CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"  # "0": off
+
+
+def cache_home() -> str:
+  """Where this project keeps what it can rebuild: $MNIST_JAX_CACHE_DIR, else
+  $XDG_CACHE_HOME/mnist_jax, else ~/.cache/mnist_jax.
+
+  Deleting it is always safe: it holds the decoded MNIST arrays (core/data.py)
+  and compiled XLA programs (enable_compilation_cache).
+  """
+  if os.environ.get(CACHE_DIR_ENV):
+    return os.environ[CACHE_DIR_ENV]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mnist_jax")
+
+
+def enable_compilation_cache() -> Optional[str]:
+  """Keeps every compiled XLA program on disk; returns the folder (None: off).
+
+  A process that compiles a program compiled before (same program, flags,
+  jax and backend) reads it back instead (FIELD_NOTES, "Fixed costs"). The
+  folder is $JAX_COMPILATION_CACHE_DIR if set (JAX's own variable), else
+  cache_home()/jax; MNIST_JAX_COMPILATION_CACHE=0 turns it off. Programs of
+  any compile time are kept (JAX's default keeps only those over 1 s; the
+  eager model initialisation alone compiles dozens of small ones, and this
+  project's steps take 0.1-2 s on the 2-core CPU). Measured in
+  docs/performance.md ("Fixed costs").
+  """
+  if os.environ.get(COMPILATION_CACHE_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+    return None
+  import jax
+  folder = jax.config.jax_compilation_cache_dir or os.path.join(cache_home(), "jax")
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return folder
 
 
 def set_gpu_determinism(enabled: bool) -> None:

@@ -68,6 +68,14 @@ def replicate(tree, mesh):
       sharding, np.asarray(x), np.shape(x)), tree)
 
 
+def abstract_replicated(tree, mesh):
+  """Shapes and dtypes of `tree` (arrays or jax.ShapeDtypeStruct), placed as
+  `replicate` places values: a restore target that holds no data."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                     sharding=sharding), tree)
+
+
 def to_host(tree):
   """Replicated device values -> numpy, read from this process's first copy."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

@@ -11,7 +11,7 @@ from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir
 from mnist_jax.engine import checkpoint
 from mnist_jax.engine.evaluate import evaluate
-from mnist_jax.engine.mesh import make_mesh, replicate
+from mnist_jax.engine.mesh import abstract_replicated, make_mesh
 from mnist_jax.engine.state import TrainState, create_train_state
 
 
@@ -34,6 +34,10 @@ def restore_state(workdir: str, config: ml_collections.ConfigDict,
                   mesh=None, which: str = "last") -> TrainState:
   """The run's last saved TrainState ('last'), or that of its best validation
   epoch ('best'), replicated over `mesh` (any device count)."""
-  template = create_train_state(config, jax.random.key(0), steps_per_epoch=1)
-  return checkpoint.restore_latest(workdir, replicate(template, mesh or make_mesh()),
+  # Only shapes, dtypes and placement are needed: jax.eval_shape traces the
+  # initialisation without running it (an eager init compiles and runs dozens
+  # of small programs, ~0.5 s of `predict`).
+  template = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0),
+                                                       steps_per_epoch=1))
+  return checkpoint.restore_latest(workdir, abstract_replicated(template, mesh or make_mesh()),
                                    which)
