@@ -11,10 +11,21 @@ convolution with batch norm and ReLU, 2x2 max pooling), dense128 with batch
 norm, dropout 0.25, 10 logits. Every training image is randomly rotated (up to
 10 degrees), shifted (up to 10% of its size) and zoomed (0.9-1.1) on the
 device, inside the jitted step. Adam with a cosine schedule (peak 2e-3, one
-warm-up epoch), label smoothing 0.1, and an EMA of the weights (decay 0.999)
-for evaluation, 18 epochs on all 60,000 training images; the last epoch is
-reported (config.select = 'last'): nothing is chosen by a score, so nothing
-needs a held-out split, and the test set is only reported.
+warm-up epoch), label smoothing 0.1, and an EMA of the weights and of the
+batch norm statistics (decay 0.999 after the warm-up min(0.999, (1 + t) /
+(10 + t)) at step t; docs/training.md) for evaluation, 18 epochs on all 60,000
+training images; the last epoch is reported (config.select = 'last'): nothing
+is chosen by a score, so nothing needs a held-out split, and the test set is
+only reported.
+
+The published numbers (RESULTS.md, section 6: 99.67, 99.73, 99.68%) were
+measured at commit 5ccd3f5, before the EMA had its warm-up and its own batch
+statistics; they have not been re-measured since. What changed is visible in
+the first epochs (3 epochs on train[:20000], seed 0, the 2-core CPU under
+load 10-20): test accuracy per epoch 12.5%, 15.7%, 9.7% at 5ccd3f5 (the
+average still held the random initial weights, evaluated with the live
+weights' statistics), and 98.4%, 99.2%, 99.3% with the warm-up and the EMA's
+own statistics (the same training: identical train loss and accuracy).
 
 How the recipe was chosen (RESULTS.md, section 6). Version 1 was the default
 CNN (one convolution per stage) with batch norm, 30 epochs, holding out the

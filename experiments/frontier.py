@@ -11,6 +11,12 @@ our single models (each, and mean ± std) and ensembles beside the published
 numbers, with parameters, training time and how each number was selected.
 Default `--out`: runs/frontier/<recipe>.
 
+The members train through the study runner (studies/runner.train_left), so
+`--executor ray [--address A] [--gpus_per_run F] [--cpus_per_run N]` places
+them as Ray tasks exactly as for a study (docs/distributed.md), and a member
+that fails is recorded in its failed.json while the others go on; the script
+then ends with one `error:` line naming it (exit 2), before the ensemble.
+
 Measured: version 3 of the `cpu` recipe on the project's 2-core CPU,
 29.8-31.9 min per seed (RESULTS.md, section 6: 99.67 / 99.73 / 99.68%
 single, mean 99.69%; ensemble 99.74% by averaged probabilities, 99.76% by
@@ -26,6 +32,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from mnist_jax.inference import ensemble
 from mnist_jax.core import run_dir
+from mnist_jax.studies.spec import Point, Run
 from mnist_jax.studies.stats import mean_std
 from mnist_jax.core.config import load_config_file
 from mnist_jax.core.errors import UserError
@@ -70,19 +77,24 @@ def member_config(member: Member):
   return config
 
 
-def train_members(members: Sequence[Member], out: str, mnist_dir=None) -> List[str]:
-  """Trains (or resumes, or skips) every member; returns their run directories."""
-  from mnist_jax.engine.loop import train_and_evaluate
-  workdirs = []
-  for member in members:
-    config, workdir = member_config(member), os.path.join(out, member.name)
-    if run_dir.is_finished(workdir, config.num_epochs):
-      print(f"{member.name}: finished before, skipped")
-    else:
-      final = train_and_evaluate(config, workdir, mnist_dir=mnist_dir)
-      print(f"{member.name}: test accuracy {final['test_accuracy']:.4f}")
-    workdirs.append(workdir)
-  return workdirs
+def member_runs(members: Sequence[Member], out: str) -> List[Run]:
+  """The members as the study runner's runs, each in `<out>/<member>`."""
+  return [Run(Point(m.name, m.config_path), m.seed, os.path.join(out, m.name),
+              member_config(m)) for m in members]
+
+
+def train_members(members: Sequence[Member], out: str, mnist_dir=None,
+                  placement: Optional[Dict] = None) -> List[str]:
+  """Trains (or resumes, or skips) every member through the study runner and
+  its executor (`placement`: executor, address, gpus_per_run, cpus_per_run);
+  returns their run directories. A member that fails is recorded in its
+  failed.json, the others go on, then one UserError names it."""
+  from mnist_jax.studies import executor, runner
+  runs = member_runs(members, out)
+  runner.train_left(runs, "frontier", runner.data_loader(runs, mnist_dir),
+                    executor.Placement(**(placement or {})))
+  executor.raise_failures(runs)
+  return [run.workdir for run in runs]
 
 
 def member_row(member: Member, workdir: str) -> Dict:
@@ -124,9 +136,10 @@ def frontier_table(recipe: str, members: Sequence[Member], workdirs: Sequence[st
 
 
 def run(recipe: str = "cpu", out: Optional[str] = None, mnist_dir: Optional[str] = None,
-        tables_only: bool = False) -> List[str]:
-  """Trains the recipe's members (unless `tables_only`), scores their ensemble,
-  writes the frontier table; returns the table's paths."""
+        tables_only: bool = False, placement: Optional[Dict] = None) -> List[str]:
+  """Trains the recipe's members (unless `tables_only`; `placement` as for a
+  study), scores their ensemble, writes the frontier table; returns the
+  table's paths."""
   if recipe not in RECIPES:
     raise UserError(f"--recipe {recipe}: use one of {', '.join(sorted(RECIPES))}.")
   members = RECIPES[recipe]
@@ -138,7 +151,7 @@ def run(recipe: str = "cpu", out: Optional[str] = None, mnist_dir: Optional[str]
     if missing:
       raise UserError(f"unfinished members {missing}: run without --tables_only first.")
   else:
-    workdirs = train_members(members, out, mnist_dir)
+    workdirs = train_members(members, out, mnist_dir, placement)
   result = ensemble.evaluate_ensemble(workdirs, "test", mnist_dir)
   print(ensemble.format_table(result))
   ensemble.write_result(result, out)

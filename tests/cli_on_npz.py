@@ -7,8 +7,12 @@ process, FIELD_NOTES) or need no real data: `mnist_jax.core.data.load_mnist`
 returns DATA.npz's train and test arrays (the config's split names are
 ignored); everything else, from the flags to the `error: ...` line and the
 exit status, is the real command line.
+
+With $FULL_DISK_AT_STEP=N, orbax's writes of step N's checkpoint fail as on a
+full disk (see `fill_disk_at`).
 """
 
+import os
 import runpy
 import sys
 
@@ -17,7 +21,29 @@ from train_worker import load_data  # its folder is sys.path[0] when run as a sc
 from mnist_jax.core import data as data_lib  # train_worker put the repo on sys.path
 
 
+FULL_DISK_ENV = "FULL_DISK_AT_STEP"
+# What a tensorstore write into a full tmpfs raised inside orbax (measured).
+FULL_DISK_ERROR = ("RESOURCE_EXHAUSTED: Error writing local file \"{path}\": Failed to "
+                   "write 314 bytes to file 8: No space left on device [os_error_code='28']")
+
+
+def fill_disk_at(step: int) -> None:
+  """Every array write of step `step`'s checkpoint fails as on a full disk,
+  where a real one fails: in orbax's background save threads, after the
+  free-space check passed (another process filled the disk since)."""
+  from orbax.checkpoint._src.serialization import serialization
+  write = serialization.async_serialize_from_host
+
+  async def write_or_fail(rslices, spec, **kwargs):
+    if f"/{step}.orbax-checkpoint-tmp/" in str(spec):
+      raise ValueError(FULL_DISK_ERROR.format(path=spec))
+    return await write(rslices, spec, **kwargs)
+  serialization.async_serialize_from_host = write_or_fail
+
+
 def main(data_path, *args):
+  if os.environ.get(FULL_DISK_ENV):
+    fill_disk_at(int(os.environ[FULL_DISK_ENV]))
   splits = load_data(data_path)
   data_lib.load_mnist = lambda *a, **k: splits
   sys.argv = ["mnist_jax", *args]

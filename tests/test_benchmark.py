@@ -71,6 +71,7 @@ def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
   assert "conv1 14x14x32->64 forward" in ops
   # 28x28 and 14x14 maps are pooled 2x2; the 7x7 one is not timed (odd size).
   assert sum("strided views" in op for op in ops) == 2
+  assert sum("shares interleaved" in op for op in ops) == 2
   assert all(r["ms"] > 0 for r in rows)
 
 

@@ -230,6 +230,15 @@ def test_frontier_refuses_an_unknown_recipe(capsys, tmp_path):
   assert_one_line_error(result, "--recipe gpu", "cpu, full")
 
 
+def test_frontier_takes_the_study_placement_flags(capsys, tmp_path):
+  # The flags reach the study runner's executor, which refuses an address
+  # without --executor ray before any member trains.
+  result = run_here(capsys, "frontier", "--address", "10.0.0.1:6379", "--cpus_per_run",
+                    "2", "--out", str(tmp_path / "f"))
+  assert_one_line_error(result, "--address names a Ray cluster: add --executor ray.")
+  assert not (tmp_path / "f").exists()
+
+
 def test_benchmark_refuses_bad_input_with_exit_2(capsys, tmp_path):
   out = tmp_path / "b.csv"
   for extra in (["--seeds", "1"], ["--variants", "model.conv_impl"],

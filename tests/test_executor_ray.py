@@ -1,6 +1,7 @@
-"""The Ray executor on one local Ray with two workers: inline's tables, a killed worker.
+"""The Ray executor on one local Ray with two workers: inline's tables (a study's
+and the frontier's), a killed worker.
 
-Both tests share one Ray instance (started once for this module, ~5-20 s).
+The tests share one Ray instance (started once for this module, ~5-20 s).
 """
 
 import csv
@@ -14,7 +15,7 @@ import pytest
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.studies import runner as study_lib, script, spec
 
-from experiments import kernel_size
+from experiments import frontier, kernel_size
 from helpers import assert_same_bits, final_params, noise_splits, without_times
 
 ray = pytest.importorskip("ray")
@@ -30,14 +31,15 @@ def local_ray():
   ray.shutdown()
 
 
-def table_without_times(stem):
-  """A study table's CSV rows and Markdown lines, the train-time column left out."""
-  with open(stem + ".csv") as f:
-    rows = [{k: v for k, v in row.items() if not k.startswith("train time")}
+def table_without_times(stem, time_column="train time"):
+  """A table's CSV rows and Markdown lines, the (wall) time column left out."""
+  with open(stem + ".csv") as f:  # the CSV splits a mean ± std column in two
+    rows = [{k: v for k, v in row.items() if not k.startswith(time_column)}
             for row in csv.DictReader(f)]
   with open(stem + ".md") as f:
-    markdown = [line.rsplit(" | ", 1)[0] for line in f if line.startswith("|")]
-  return rows, markdown
+    cells = [line.split(" | ") for line in f if line.startswith("|")]
+  [at] = [i for i, c in enumerate(cells[0]) if c.strip("|\n ").startswith(time_column)]
+  return rows, [c[:at] + c[at + 1:] for c in cells]
 
 
 @pytest.mark.real_data
@@ -58,6 +60,50 @@ def test_kernel_size_quick_on_ray_gives_the_inline_tables(local_ray, tmp_path, m
   assert [r["seeds"] for r in rows] == ["2"]
   assert rows == tables["inline"][0]  # accuracy mean and std, to the last digit
   assert markdown == tables["inline"][1]
+
+
+TINY_MEMBER = '''"""A frontier member for tests: a 16-unit MLP, 1 epoch."""
+from mnist_jax.core.config import load_config_file
+
+
+def get_config():
+  config = load_config_file("configs/mlp.py")
+  config.model.hidden_features = (16,)
+  config.num_epochs = 1
+  return config
+'''
+
+
+@pytest.fixture
+def random_mnist_splits(monkeypatch):
+  """Random 'train' and 'test' splits for everything that loads one: the
+  study runner (sent to the workers by Ray) and the ensemble's evaluation."""
+  train, test = noise_splits(1000, 300)
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: (train, test))
+  monkeypatch.setattr(data_lib, "load_split",
+                      lambda split, *a, **k: train if split.startswith("train") else test)
+
+
+def test_the_frontier_on_ray_gives_the_inline_table_and_bits(
+    local_ray, random_mnist_splits, tmp_path, monkeypatch):
+  config_file = tmp_path / "tiny_member.py"
+  config_file.write_text(TINY_MEMBER)
+  members = [frontier.Member(f"seed_{s}", str(config_file), s) for s in (0, 1)]
+  monkeypatch.setitem(frontier.RECIPES, "tiny", members)
+  tables, outs = {}, {}
+  for executor in ("inline", "ray"):
+    outs[executor] = str(tmp_path / executor)
+    frontier.run("tiny", out=outs[executor], placement={"executor": executor})
+    tables[executor] = table_without_times(
+        os.path.join(outs[executor], "tables", "frontier"), "training time")
+    worker = run_dir.read_extras(os.path.join(outs[executor], "seed_1"))["worker"]
+    assert (worker["pid"] == os.getpid()) == (executor == "inline")
+  assert tables["ray"] == tables["inline"]  # members and both ensembles
+  for member in members:
+    ray_run, inline_run = (os.path.join(outs[e], member.name) for e in ("ray", "inline"))
+    assert without_times(run_dir.read_metrics(ray_run)) == without_times(
+        run_dir.read_metrics(inline_run))
+    assert_same_bits(final_params(ray_run), final_params(inline_run))
 
 
 # 4,000 random images in batches of 20: 200 steps per epoch, checkpoints

@@ -2,10 +2,13 @@
 
 import os
 
+import numpy as np
 import pytest
 
-from mnist_jax.core import run_dir
+from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.config import load_config_file
+from mnist_jax.core.errors import UserError
+from mnist_jax.studies import runner
 
 from experiments import frontier
 
@@ -58,3 +61,32 @@ def test_tables_only_refuses_unfinished_members(tmp_path):
   with pytest.raises(frontier.UserError, match="unfinished members.*--tables_only"):
     frontier.run("cpu", out=str(tmp_path), tables_only=True)
   assert not os.path.exists(tmp_path / "tables")
+
+
+def train_failing_seed_0(config, workdir, *, data=None, verbose=True):
+  """A run directory as train_and_evaluate writes it; seed 0 diverges."""
+  if config.seed == 0:
+    raise UserError("training diverged: lower config.optimizer.learning_rate.")
+  run_dir.write_config(workdir, config)
+  metrics = {k: 0.0 for k in run_dir.METRIC_KEYS}
+  metrics.update(test_accuracy=0.5)
+  for epoch in range(1, config.num_epochs + 1):
+    run_dir.append_metrics(workdir, dict(metrics, epoch=epoch))
+  return dict(metrics, compile_time_s=1.0)
+
+
+def test_a_failed_member_is_recorded_the_others_train_then_one_error_names_it(
+    tmp_path, monkeypatch, capsys):
+  split = data_lib.Split(np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int32))
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: (split, split))
+  monkeypatch.setattr(runner, "train_and_evaluate", train_failing_seed_0)
+  members = frontier.RECIPES["cpu"]
+  monkeypatch.setitem(frontier.RECIPES, "two", members[:2])
+  with pytest.raises(UserError, match=r"1 of 2 runs failed \(seed_0 seed 0: training "
+                     "diverged.*run the same command again"):
+    frontier.run("two", out=str(tmp_path))
+  assert run_dir.read_failure(str(tmp_path / "seed_0")).startswith("training diverged")
+  config = frontier.member_config(members[1])
+  assert run_dir.is_finished(str(tmp_path / "seed_1"), config.num_epochs)  # went on
+  assert "[frontier] seed_1 seed 1: test accuracy 0.5000" in capsys.readouterr().out
+  assert not os.path.exists(tmp_path / "tables")  # no table of a partial recipe

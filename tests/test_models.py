@@ -1,5 +1,7 @@
 """Model shapes, parameter counts on the real 28x28x1 input, and config checks."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.core.models import build_model, cnn as cnn_lib
-from mnist_jax.core.models.layers import count_params, pool
+from mnist_jax.core.models.layers import count_params, max_of_views, max_pool, pool
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
@@ -94,3 +96,30 @@ def test_fast_pooling_matches_flax_pooling_and_its_gradient(kind, size, window):
   g_ours = jax.grad(lambda x: jnp.sum(ours(x) * weights))(x)
   g_theirs = jax.grad(lambda x: jnp.sum(theirs(x) * weights))(x)
   np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-6)
+
+
+def bits(x):
+  return np.asarray(x).view(np.int32)
+
+
+@pytest.mark.parametrize("window", [2, 3])
+@pytest.mark.parametrize("size", [28, 7])
+def test_max_pool_has_the_straightforward_gradient_bit_for_bit(size, window):
+  """`max_pool`'s hand-written gradient against JAX's gradient of the strided
+  views, including ties (a constant band, as a background of equal ReLU
+  outputs), ReLU zeros, a ragged edge (7 pixels) and negative cotangents."""
+  x = jax.random.normal(jax.random.key(1), (4, size, size, 5))
+  x = x.at[:, :size // 2].set(0.3)  # ties between positive values
+  out = (size // window, size // window)
+  weights = jax.random.normal(jax.random.key(2), (4, *out, 5))
+
+  def loss(fn, x):
+    return jnp.sum(fn(jax.nn.relu(x - 0.2), window) * weights)
+
+  assert np.array_equal(bits(max_pool(x, window)), bits(max_of_views(x, window)))
+  g_ours = jax.jit(jax.grad(functools.partial(loss, max_pool)))(x)
+  g_straight = jax.jit(jax.grad(functools.partial(loss, max_of_views)))(x)
+  assert np.array_equal(bits(g_ours), bits(g_straight))
+  assert np.any(np.asarray(g_ours)[:, :size // 2] != 0)  # the ties got gradient
+  seeds = jax.vmap(jax.grad(functools.partial(loss, max_pool)))(jnp.stack([x, -x]))
+  assert np.array_equal(bits(seeds[0]), bits(g_straight))

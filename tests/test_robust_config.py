@@ -1,10 +1,12 @@
 """Impossible config values are rejected before any work, in one clear line."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
 
-from mnist_jax import UserError
+from mnist_jax import UserError, cli
 from mnist_jax.core import config as config_lib, splits
 from mnist_jax.core.models import build_model
 
@@ -86,3 +88,26 @@ def test_the_cli_rejects_them_before_touching_the_workdir(tmp_path, flag, messag
   result = run_cli("train", "--config", "configs/mlp.py", "--workdir", workdir, flag)
   assert message in error_line(result)
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "does not exist: give a config file"),
+    ("def get_config(:\n  pass\n", "is not valid Python (line 1: invalid syntax): correct it"),
+])
+@pytest.mark.parametrize("override", [(), ("--config.num_epochs=2",)], ids=["plain", "override"])
+def test_a_config_file_that_is_missing_or_not_python_is_one_line(tmp_path, text, message,
+                                                                  override):
+  """config_flags raised these from deep inside `train` (a missing file: when
+  the config was first used) or while parsing (a syntax error), as tracebacks."""
+  path = tmp_path / "config.py"
+  if text is not None:
+    path.write_text(text)
+  with pytest.raises(UserError, match=f"train: the config file {path} {re.escape(message)}"):
+    cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "run"), *override])
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_says_so_in_one_line(tmp_path):
+  result = run_cli("train", f"--config={tmp_path / 'none.py'}", "--workdir", tmp_path / "run",
+                   "--config.num_epochs=2")
+  assert "none.py does not exist" in error_line(result)

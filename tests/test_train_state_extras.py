@@ -10,6 +10,7 @@ import shutil
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from mnist_jax.engine import checkpoint
 from mnist_jax.core import config as config_lib, data, models, run_dir
 from mnist_jax.engine import evaluate as eval_lib, mesh as mesh_lib, restore as restore_lib, state as state_lib, steps as steps_lib
 from mnist_jax.engine.loop import train_and_evaluate
+from mnist_jax.inference import trained
 
 from helpers import assert_same_bits, without_times
 
@@ -98,8 +100,32 @@ def test_models_without_batch_norm_have_empty_stats_and_unchanged_checkpoints():
   assert set(checkpoint.state_item(state)) == {"params", "opt_state", "step"}
 
 
+@pytest.mark.parametrize("decay,step,expected", [
+    (0.999, 1, 2 / 11), (0.999, 2, 3 / 12), (0.999, 100, 101 / 110),
+    (0.999, 8989, 8990 / 8999), (0.999, 8990, 0.999), (0.999, 50_000, 0.999),
+    (0.5, 7, 8 / 17), (0.5, 8, 0.5), (0.5, 9, 0.5)])
+def test_ema_decay_warms_up_as_tensorflow_s_num_updates(decay, step, expected):
+  got = steps_lib.ema_decay_at(decay, jnp.asarray(step, jnp.int32))
+  assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def _moving_average(history, decay):
+  """ema_0 = x_0; ema_t = d_t ema_{t-1} + (1 - d_t) x_t, d_t = min(decay, (1+t)/(10+t)),
+  in float64."""
+  ema = jax.tree.map(np.float64, history[0])
+  for t, x in enumerate(history[1:], start=1):
+    d_t = min(decay, (1 + t) / (10 + t))
+    ema = jax.tree.map(lambda e, p: d_t * e + (1 - d_t) * np.float64(p), ema, x)
+  return ema
+
+
+def _assert_close(got, want):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
 def test_ema_follows_the_closed_form_and_evaluation_uses_it():
-  d = 0.75
+  d = 0.25  # step 1 decays by the warm-up's 2/11, steps 2 and 3 by d
   config = mlp_config.get_config()
   config.ema_decay = d
   state = state_lib.create_train_state(config, jax.random.key(0), 10)
@@ -109,17 +135,41 @@ def test_ema_follows_the_closed_form_and_evaluation_uses_it():
   for _ in range(3):
     state, _ = step(state, batch_of(split), jax.random.key(0))
     history.append(state.params)
-  # ema_3 = d^3 p0 + (1 - d) (d^2 p1 + d p2 + p3)
-  expected = jax.tree.map(
-      lambda p0, p1, p2, p3: d**3 * p0 + (1 - d) * (d**2 * p1 + d * p2 + p3), *history)
-  for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  _assert_close(state.ema_params, _moving_average(history, d))
   with_ema = eval_lib.evaluate(state, split, 20)
   as_params = eval_lib.evaluate(state.replace(params=state.ema_params, ema_params=None),
                              split, 20)
   raw = eval_lib.evaluate(state.replace(ema_params=None), split, 20)
   assert with_ema == as_params
   assert with_ema["loss"] != pytest.approx(raw["loss"])
+
+
+def test_batch_stats_are_averaged_with_the_weights_and_evaluated_with_them():
+  """The EMA keeps its own batch statistics, averaged as the weights are, and
+  evaluation pairs them with the averaged weights: live statistics that are
+  garbage change nothing."""
+  d = 0.5
+  state = state_lib.create_train_state(make_config(ema_decay=d), jax.random.key(0), 10)
+  split = noise_split(60, 5)
+  step = jax.jit(steps_lib.train_step)
+  history = [state.batch_stats]
+  for i in range(3):
+    state, _ = step(state, batch_of(noise_split(20, 10 + i)), jax.random.key(1))
+    history.append(state.batch_stats)
+  _assert_close(state.ema_batch_stats, _moving_average(history, d))
+  garbage = state.replace(batch_stats=jax.tree.map(lambda s: s * 0 + 1e6, state.batch_stats))
+  params, stats = state_lib.eval_variables(garbage)
+  assert params is state.ema_params and stats is state.ema_batch_stats
+  as_live = state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats,
+                          ema_params=None, ema_batch_stats={})
+  assert (eval_lib.evaluate(garbage, split, 20) == eval_lib.evaluate(as_live, split, 20)
+          == eval_lib.evaluate(state, split, 20))
+  # Without EMA, the live ones: the garbage shows.
+  no_ema = garbage.replace(ema_params=None, ema_batch_stats={})
+  params, stats = state_lib.eval_variables(no_ema)
+  assert params is no_ema.params and stats is no_ema.batch_stats
+  assert (eval_lib.evaluate(no_ema, split, 20)["loss"]
+          != pytest.approx(eval_lib.evaluate(as_live, split, 20)["loss"]))
 
 
 def _aug_config(**values):
@@ -173,7 +223,12 @@ def test_bn_ema_augmented_run_restores_and_resumes_bitwise(tmp_path):
   assert jax.tree.structure(restored.batch_stats) == jax.tree.structure(
       fresh.batch_stats)
   assert restored.ema_params is not None
+  assert jax.tree.structure(restored.ema_batch_stats) == jax.tree.structure(
+      fresh.batch_stats)
   assert eval_lib.evaluate(restored, splits[1], 50)["accuracy"] == final["test_accuracy"]
+  model = trained.load(full)  # predict, ensemble and figures: the EMA's pair
+  assert_same_bits((model.params, model.batch_stats), mesh_lib.to_host(
+      (restored.ema_params, restored.ema_batch_stats)))
 
   cut = str(tmp_path / "cut")
   train_and_evaluate(config, cut, data=splits, verbose=False)
@@ -185,9 +240,40 @@ def test_bn_ema_augmented_run_restores_and_resumes_bitwise(tmp_path):
   assert (without_times(run_dir.read_metrics(cut))
           == without_times(run_dir.read_metrics(full)))
   again = restore_lib.restore_state(cut, config)
-  for field in ("params", "batch_stats", "ema_params", "opt_state"):
+  for field in ("params", "batch_stats", "ema_params", "ema_batch_stats", "opt_state"):
     assert_same_bits(mesh_lib.to_host(getattr(again, field)),
                      mesh_lib.to_host(getattr(restored, field)))
+
+
+def test_an_ema_checkpoint_from_before_its_own_stats_evaluates_as_it_was_measured(
+    tmp_path, monkeypatch):
+  """A checkpoint of an EMA run saved before the EMA kept batch statistics
+  (commit 5ccd3f5 and earlier: no `ema_batch_stats`) restores with a copy of
+  the live statistics in their place, so it evaluates as it was measured
+  then (averaged weights, live statistics); resumed, it trains to the end and
+  saves the new field."""
+  config = make_config(ema_decay=0.9)
+  splits = (noise_split(200, 3), noise_split(50, 4))
+  old = str(tmp_path / "old")
+  with monkeypatch.context() as patch:  # the layout of those checkpoints
+    patch.setattr(checkpoint, "OPTIONAL_FIELDS", ("batch_stats", "ema_params"))
+    train_and_evaluate(config, old, data=splits, verbose=False)
+  restored = restore_lib.restore_state(old, config)
+  assert restored.ema_batch_stats
+  assert_same_bits(mesh_lib.to_host(restored.ema_batch_stats),
+                   mesh_lib.to_host(restored.batch_stats))
+  as_then = restored.replace(params=restored.ema_params, ema_params=None,
+                             ema_batch_stats={})
+  assert (eval_lib.evaluate(restored, splits[1], 50)
+          == eval_lib.evaluate(as_then, splits[1], 50))
+
+  mngr = checkpoint.manager(old)
+  for step in sorted(mngr.all_steps())[-2:]:  # back to a mid-epoch-2 checkpoint
+    shutil.rmtree(os.path.join(run_dir.checkpoint_dir(old), str(step)))
+  train_and_evaluate(config, old, data=splits, verbose=False)
+  assert [m["epoch"] for m in run_dir.read_metrics(old)] == [1, 2]
+  mngr = checkpoint.manager(old)
+  assert "ema_batch_stats" in mngr.item_metadata(mngr.latest_step())["state"].keys()
 
 
 @pytest.mark.parametrize("key", ["num_epochs", "batch_size", "eval_batch_size",

@@ -9,6 +9,7 @@ command is an unknown flag, and `--config` keeps ml_collections' typed
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import flags
@@ -49,6 +50,9 @@ def parse(command: Command, argv: Sequence[str]) -> Tuple[flags.FlagValues, List
   command.define(fv, [command.name, *argv])
   try:
     args = fv([command.name, *argv])[1:]
+    _load_config(fv)
+  except (OSError, SyntaxError) as e:
+    raise _unreadable_config(command.name, _config_path(argv), e) from None
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     # config_flags reports a misspelt --config.FIELD as one of these.
     raise UserError(f"{command.name}: {_one_line(e)} (`{PROGRAM} {command.name} -h` "
@@ -61,6 +65,36 @@ def parse(command: Command, argv: Sequence[str]) -> Tuple[flags.FlagValues, List
     raise UserError(f"{command.name} takes no arguments besides its flags "
                     f"(got {' '.join(args)}).")
   return fv, args
+
+
+def _load_config(fv: flags.FlagValues) -> None:
+  """config_flags keeps a config file it cannot read as an error that is
+  raised when the config is first used (deep in a command): use it now."""
+  if "config" in fv and fv["config"].value is not None:
+    fv["config"].value.keys()
+
+
+def _config_path(argv: Sequence[str]) -> str:
+  """The --config value in `argv` (config_flags has none to give when its file
+  failed to load while it parsed a --config.FIELD override)."""
+  for i, word in enumerate(argv):
+    if word.lstrip("-") == "config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if word.lstrip("-").startswith("config="):
+      return word.split("=", 1)[1]
+  return "(none)"
+
+
+def _unreadable_config(name: str, path: str, error: Exception) -> UserError:
+  """A config file that is missing, unreadable or not Python, in one line."""
+  if isinstance(error, SyntaxError):
+    return UserError(f"{name}: the config file {path} is not valid Python (line "
+                     f"{error.lineno}: {error.msg}): correct it, or give another "
+                     "config, e.g. --config configs/cnn.py.")
+  why = ("does not exist" if not os.path.exists(path)
+         else f"cannot be read ({_one_line(error.__cause__ or error)})")
+  return UserError(f"{name}: the config file {path} {why}: give a config file, e.g. "
+                   "--config configs/cnn.py.")
 
 
 def help_text(command: Command) -> str:

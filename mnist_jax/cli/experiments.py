@@ -66,7 +66,8 @@ def _define_study(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def _define_placement(fv: flags.FlagValues) -> None:
-  """Where the runs train (studies/executor.py, docs/distributed.md)."""
+  """Where the runs (a study's, the frontier's members) train
+  (studies/executor.py, docs/distributed.md)."""
   flags.DEFINE_enum("executor", "inline", ["inline", "ray"], "inline: one run after "
                     "another in this process; ray: each run (or vmapped seed group) a "
                     "Ray task", flag_values=fv)
@@ -104,11 +105,12 @@ def _define_frontier(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   define_data_dir(fv)
   flags.DEFINE_bool("tables_only", False, "rebuild the table from finished members, "
                     "train nothing", flag_values=fv)
+  _define_placement(fv)
 
 
 def frontier(fv: flags.FlagValues, args: List[str]) -> int:
   load_experiment("frontier").run(fv.recipe, out=fv.out, mnist_dir=fv.data_dir,
-                                  tables_only=fv.tables_only)
+                                  tables_only=fv.tables_only, placement=_placement(fv))
   return 0
 
 

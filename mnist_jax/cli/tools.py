@@ -31,6 +31,9 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
                       "evaluate, predict of one PNG) in fresh processes of each checkout, "
                       "interleaved, --rounds times (e.g. before=../main,after=. --rounds 2)",
                       flag_values=fv)
+  flags.DEFINE_string("against", "", "'torch': also time each config's PyTorch twin "
+                      "(NCHW and channels_last) in the same rounds; needs the extra "
+                      "`pip install -e .[bench]`", flag_values=fv)
 
 
 def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
@@ -40,7 +43,8 @@ def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
     return 0
   from mnist_jax.tools import benchmark as benchmark_lib
   benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
-                    seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out)
+                    seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out,
+                    against=fv.against)
   return 0
 
 

@@ -14,7 +14,11 @@ devices restores onto any other device count.
 The `state` item holds only the train state's non-empty fields: batch norm
 statistics and the EMA of the weights are absent for models and configs that
 have none, so their checkpoints keep the layout they had before those fields
-existed and old runs still restore and resume.
+existed and old runs still restore and resume. The EMA's own batch statistics
+(`ema_batch_stats`) are newer than the EMA: a checkpoint of an EMA run saved
+before them (commit 5ccd3f5 and earlier) restores with a copy of the live
+statistics in their place, so an old run evaluates exactly as it did when
+it was trained and measured, and a resumed one averages on from them.
 
 A run that selects its checkpoint by validation accuracy also keeps a copy
 of the best epoch's state in a second manager (`best_manager`), with the
@@ -24,39 +28,59 @@ A checkpoint that cannot be read (a truncated data file, a deleted
 `_METADATA` or item: orbax raises ValueError, KeyError or a bare Exception,
 measured) is reported in one line and the next older one is tried; only when
 none can be read is it a UserError. A full disk during a save is a UserError
-too (checked before each save, and caught if it strikes during one).
+too (checked before each save, and caught if it strikes during one); orbax's
+own log records of it (tracebacks from its background save threads) are
+dropped, so it shows as that one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import sys
-from typing import Any, Dict, Iterator, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.run_dir import best_checkpoint_dir, checkpoint_dir, write_error
 
 # Train-state fields that are saved only when they hold something.
-OPTIONAL_FIELDS = ("batch_stats", "ema_params")
+OPTIONAL_FIELDS = ("batch_stats", "ema_params", "ema_batch_stats")
+# Optional fields that a checkpoint of this config may lack, having been saved
+# before they existed: what stands in for them (see the module docstring).
+_ADDED_LATER = {"ema_batch_stats": lambda state: jax.tree.map(jnp.copy, state.batch_stats)}
+
+# The items of each kind of checkpoint folder, with their orbax handlers
+# (registered, so that a step's saved fields can be read: `_saved_fields`).
+_LAST_ITEMS = ("state", "progress")
+_BEST_ITEMS = ("state", "selection")
+_HANDLERS = {"state": ocp.StandardCheckpointHandler,
+             "progress": ocp.StandardCheckpointHandler,
+             "selection": ocp.JsonCheckpointHandler}
+
+
+def _manager(directory: str, items, **options) -> ocp.CheckpointManager:
+  _quiet_failed_save_noise()
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(**options),
+      item_handlers={item: _HANDLERS[item]() for item in items})
 
 
 def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  return _manager(checkpoint_dir(workdir), _LAST_ITEMS, max_to_keep=max_to_keep,
+                  create=True)
 
 
 def best_manager(workdir: str) -> ocp.CheckpointManager:
   """The best epoch's state (by validation accuracy), one checkpoint at most."""
-  return ocp.CheckpointManager(
-      best_checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  return _manager(best_checkpoint_dir(workdir), _BEST_ITEMS, max_to_keep=1, create=True)
 
 
 def state_item(state) -> Dict[str, Any]:
@@ -70,8 +94,26 @@ def state_item(state) -> Dict[str, Any]:
   return item
 
 
+def _saved_fields(mngr: ocp.CheckpointManager, step: int):
+  """The train-state fields that the checkpoint of `step` holds."""
+  return set(mngr.item_metadata(step)["state"].keys())
+
+
+def _state_restore(mngr: ocp.CheckpointManager, step: int, template_state):
+  """Restore args for the `state` item of `step`, shaped like `template_state`
+  less the fields that were added later and that this checkpoint lacks."""
+  item = state_item(template_state)
+  later = set(item) & set(_ADDED_LATER)
+  missing = later - _saved_fields(mngr, step) if later else set()
+  return ocp.args.StandardRestore(_abstract({k: v for k, v in item.items()
+                                             if k not in missing}))
+
+
 def _from_item(template_state, item: Dict[str, Any]):
-  return template_state.replace(**item)
+  state = template_state.replace(**item)
+  stand_ins = {name: make(state) for name, make in _ADDED_LATER.items()
+               if name in state_item(template_state) and name not in item}
+  return state.replace(**stand_ins)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, progress) -> None:
@@ -83,10 +125,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state, progress) -> None:
         progress=ocp.args.StandardSave(progress)))
 
 
-def finish(mngr: ocp.CheckpointManager) -> None:
-  """Waits for the manager's asynchronous saves, then closes it."""
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the manager's asynchronous saves: a failed one raises here."""
   with _write_errors(mngr):
     mngr.wait_until_finished()
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the manager's asynchronous saves, then closes it."""
+  wait(mngr)
   mngr.close()
 
 
@@ -108,20 +155,75 @@ def _check_free_space(mngr: ocp.CheckpointManager, tree) -> None:
                     "resumes from its last checkpoint).")
 
 
+def _disk_full(error: Optional[BaseException]) -> bool:
+  """Is `error`, or an error that led to it, a full disk? Orbax reports one as
+  ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']") (measured on a
+  full tmpfs), or as the OSError itself."""
+  while error is not None:
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC
+        or f"os_error_code='{errno.ENOSPC}'" in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class _DiskFullRecords(logging.Filter):
+  """Drops the log records of a full disk, each with its traceback, that
+  orbax's background save threads write through absl (six on a full tmpfs,
+  measured): the next `save` or `wait` reports it as one UserError line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _disk_full(record.exc_info[1]))
+
+
+_DISK_FULL_RECORDS = _DiskFullRecords()
+
+
+def _closed_loop_callbacks(previous_hook):
+  """sys.unraisablehook, less the RuntimeError('Event loop is closed') of a
+  tensorstore write that ended after orbax's save coroutine had stopped for a
+  failed write (0-5 per full-disk failure on a real full tmpfs, measured):
+  that failure is reported on its own."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous_hook(unraisable)
+  hook.closed_loop_callbacks = True
+  return hook
+
+
+def _quiet_failed_save_noise() -> None:
+  """Once per process: a failed save shows only as its one UserError line."""
+  logging.getLogger("absl").addFilter(_DISK_FULL_RECORDS)  # a no-op when added
+  if not getattr(sys.unraisablehook, "closed_loop_callbacks", False):
+    sys.unraisablehook = _closed_loop_callbacks(sys.unraisablehook)
+
+
 @contextlib.contextmanager
 def _write_errors(mngr: ocp.CheckpointManager) -> Iterator[None]:
-  """A failed write during a save as one UserError line. Orbax reports a full
-  disk as ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']") (measured
-  on a full tmpfs), from the next save or wait after the failing one."""
+  """A failed write during a save as one UserError line; orbax raises it from
+  the next save or wait after the failing one."""
   try:
     yield
-  except OSError as e:
-    raise write_error(e, str(mngr.directory)) from None
-  except ValueError as e:
-    if f"os_error_code='{errno.ENOSPC}'" not in str(e):
+  except (OSError, ValueError) as e:
+    if not (isinstance(e, OSError) or _disk_full(e)):
       raise
-    raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-                      str(mngr.directory)) from None
+    _join_save_threads()
+    error = e if isinstance(e, OSError) else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    raise write_error(error, str(mngr.directory)) from None
+
+
+def _join_save_threads(timeout_s: float = 30.0) -> None:
+  """Lets the threads that orbax's failed save left running end before the
+  process does: one still running at exit could no longer use an executor
+  and logged a traceback ('cannot schedule new futures after shutdown', in 1
+  of 4 runs of tests/cli_on_npz.py with a full disk, measured). Orbax's
+  threads re-raise their error from `join`: the full disk being reported."""
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread()
+        and type(thread).__module__.startswith("orbax.")):
+      with contextlib.suppress(Exception):
+        thread.join(timeout_s)
 
 
 def save_best(mngr: ocp.CheckpointManager, step: int, state,
@@ -136,7 +238,8 @@ def save_best(mngr: ocp.CheckpointManager, step: int, state,
 
 def best_selection(mngr: ocp.CheckpointManager) -> Optional[Dict[str, Any]]:
   """The saved best checkpoint's {epoch, val_accuracy}, or None if there is none."""
-  found = _newest_readable(mngr, ocp.args.Composite(selection=ocp.args.JsonRestore()))
+  found = _newest_readable(
+      mngr, lambda step: ocp.args.Composite(selection=ocp.args.JsonRestore()))
   return None if found is None else found[1]["selection"]
 
 
@@ -155,17 +258,17 @@ def _reason(error: Exception) -> str:
   return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _newest_readable(mngr: ocp.CheckpointManager, args,
+def _newest_readable(mngr: ocp.CheckpointManager, args_at: Callable[[int], Any],
                      drop: bool = False) -> Optional[Tuple[int, Any]]:
-  """(step, restored items) of the newest checkpoint that can be read; None if
-  the manager has none. Each unreadable one is reported in one line and, with
-  `drop`, deleted once an older one was read: training resumes from the older
-  one and recomputes its steps bit for bit, and orbax saves no step at or below
-  its newest. None readable: a UserError."""
+  """(step, restored items) of the newest checkpoint that can be read with
+  `args_at(step)`; None if the manager has none. Each unreadable one is
+  reported in one line and, with `drop`, deleted once an older one was read:
+  training resumes from the older one and recomputes its steps bit for bit,
+  and orbax saves no step at or below its newest. None readable: a UserError."""
   steps = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     try:
-      restored = mngr.restore(step, args=args)
+      restored = mngr.restore(step, args=args_at(step))
     except Exception as e:  # noqa: BLE001 -- any damage; see the module docstring
       older = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
       _notice(f"the checkpoint of step {step} in {mngr.directory} cannot be read "
@@ -185,8 +288,8 @@ def restore(mngr: ocp.CheckpointManager, template_state,
             template_progress) -> Optional[Tuple[Any, Any]]:
   """(state, progress) of the newest readable checkpoint, or None if there is
   none; unreadable newer ones are deleted (see _newest_readable)."""
-  found = _newest_readable(mngr, ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state_item(template_state))),
+  found = _newest_readable(mngr, lambda step: ocp.args.Composite(
+      state=_state_restore(mngr, step, template_state),
       progress=ocp.args.StandardRestore(_abstract(template_progress))), drop=True)
   if found is None:
     return None
@@ -194,13 +297,12 @@ def restore(mngr: ocp.CheckpointManager, template_state,
   return _from_item(template_state, restored["state"]), restored["progress"]
 
 
-def _reader(directory: str) -> Optional[ocp.CheckpointManager]:
+def _reader(directory: str, items) -> Optional[ocp.CheckpointManager]:
   """A manager of `directory` for reading; None, creating nothing, if it is absent.
   (Not orbax's read_only option: it logs two warnings each time.)"""
   if not os.path.isdir(directory):
     return None
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=False))
+  return _manager(directory, items, create=False)
 
 
 def restore_latest(workdir: str, template_state, which: str = "last"):
@@ -208,10 +310,11 @@ def restore_latest(workdir: str, template_state, which: str = "last"):
   ('best'), placed like `template_state`. Reads only: creates and deletes nothing."""
   if which not in ("last", "best"):
     raise UserError(f"unknown checkpoint {which!r}: use 'last' or 'best'.")
-  where = checkpoint_dir(workdir) if which == "last" else best_checkpoint_dir(workdir)
-  mngr = _reader(where)
-  found = None if mngr is None else _newest_readable(mngr, ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(state_item(template_state)))))
+  where, items = ((checkpoint_dir(workdir), _LAST_ITEMS) if which == "last"
+                   else (best_checkpoint_dir(workdir), _BEST_ITEMS))
+  mngr = _reader(where, items)
+  found = None if mngr is None else _newest_readable(mngr, lambda step: ocp.args.Composite(
+      state=_state_restore(mngr, step, template_state)))
   if mngr is not None:
     mngr.close()
   if found is None:

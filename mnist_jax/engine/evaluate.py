@@ -7,9 +7,9 @@ every shifted or rotated test set of a run's robustness curves (30 in the
 cpu preset) and by every ensemble member (tests/test_evaluate.py counts the
 compilations). It evaluates one train state, or states stacked along a
 leading axis (several seeds trained together, engine/loop.py) under
-jax.vmap. Evaluation uses the moving average of the weights when the run
-keeps one (`eval_params`) and the batch norm running statistics when the
-model has them.
+jax.vmap. Evaluation uses the weights and batch norm statistics that
+`eval_variables` gives: the moving averages of both when the run keeps
+them, else the live ones.
 
 Sums, never means of means: a split's totals are the host sums of each
 batch's sums (numpy's pairwise summation, in batch order), so a loss or
@@ -29,7 +29,7 @@ import optax
 
 from mnist_jax.core import data as data_lib
 from mnist_jax.engine.mesh import check_batch_size, make_mesh, shard_batch, to_host
-from mnist_jax.engine.state import TrainState, eval_params, variables
+from mnist_jax.engine.state import TrainState, eval_variables, variables
 from mnist_jax.engine.steps import Batch
 
 
@@ -79,8 +79,8 @@ def _eval_batch(output: str, apply_fn, stacked: bool, params, batch: Batch, batc
 
 def batch_sums(state: TrainState, batch: Batch, stacked: bool = False) -> Dict:
   """eval_step of `state` (or of each stacked state) on one device batch."""
-  return _eval_batch("sums", state.apply_fn, stacked, eval_params(state), batch,
-                     state.batch_stats)
+  params, batch_stats = eval_variables(state)
+  return _eval_batch("sums", state.apply_fn, stacked, params, batch, batch_stats)
 
 
 def _device_batches(split: data_lib.Split, batch_size: int, mesh):
@@ -124,6 +124,9 @@ def evaluate(state: TrainState, split: data_lib.Split, batch_size: int,
 def probabilities(apply_fn, params, batch_stats, images_NxHxWx1: np.ndarray,
                   batch_size: int, mesh=None) -> np.ndarray:
   """Softmax outputs NxC for uint8 images, in batches of one compiled shape.
+
+  `params` and `batch_stats` are a state's `eval_variables` (a pair: never
+  the average of the weights with the live statistics).
 
   `batch_size` is rounded up to a multiple of the device count (the padding
   is dropped), so any number of images can be asked for. One process: the

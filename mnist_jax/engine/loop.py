@@ -146,7 +146,7 @@ def _check_finite(run: Group, state, sums: Dict, step: int) -> None:
     return
   i = bad[0]
   for mngr in run.mngrs:
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
   at = int(bad_steps[i]) if bad_steps[i] >= 0 else step
   where = ("the loss was NaN or inf at step" if bad_steps[i] >= 0
            else "the train state became NaN or inf by step")
@@ -163,7 +163,7 @@ def _save(run: Group, step: int, state, epoch: int, batch: int, sums: Dict) -> N
   """Saves every seed's checkpoint at `step`: one round, started only once the
   previous round is on disk, so a kill leaves seeds at most one save apart."""
   for mngr in run.mngrs:
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
   for i, mngr in enumerate(run.mngrs):
     checkpoint.save(mngr, step, run.part(state, i),
                     run.progress(i, epoch, batch, run.part(sums, i)))

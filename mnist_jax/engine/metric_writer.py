@@ -33,7 +33,7 @@ from tensorboardX import SummaryWriter
 from mnist_jax.core import data as data_lib
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.mesh import to_host
-from mnist_jax.engine.state import TrainState, eval_params
+from mnist_jax.engine.state import TrainState, eval_variables
 
 PROFILE_DIR = "profile"
 GRID_COLUMNS = 8  # tensorboardX's make_grid lays images out 8 to a row
@@ -150,9 +150,8 @@ class RunWriter:
                   step: int) -> None:
     """At the run's end: the misclassified grid of `split` (all processes call)."""
     if self.mistakes:
-      probs_NxC = eval_lib.probabilities(state.apply_fn, eval_params(state),
-                                         state.batch_stats, split.images,
-                                         self.eval_batch_size, mesh)
+      probs_NxC = eval_lib.probabilities(state.apply_fn, *eval_variables(state),
+                                         split.images, self.eval_batch_size, mesh)
       self.misclassified(split.images, split.labels, probs_NxC, step)
 
   def close(self) -> None:

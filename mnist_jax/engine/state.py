@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +21,25 @@ class TrainState(train_state.TrainState):
 
   batch_stats: batch norm running statistics ({} for models without batch norm).
   ema_params: moving average of params, used for evaluation (None when off);
-  ema_decay (static) is its decay.
+  ema_batch_stats: the same moving average of batch_stats ({} without EMA or
+  without batch norm), evaluated with ema_params; ema_decay (static) is the
+  average's decay (engine/steps.ema_decay_at).
   """
   batch_stats: Any = struct.field(default_factory=dict)
   ema_params: Any = None
+  ema_batch_stats: Any = struct.field(default_factory=dict)
   ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
-def eval_params(state: TrainState):
-  """The weights evaluation uses: the moving average when there is one."""
-  return state.params if state.ema_params is None else state.ema_params
+def eval_variables(state: TrainState) -> Tuple[Any, Any]:
+  """(params, batch_stats) that evaluation uses: the moving averages of both
+  when the run keeps them, else the live ones, never one of each. The only
+  place that chooses (the evaluator, TrainedModel, the TensorBoard grid): the
+  averaged weights with the live weights' statistics read 10-15% test
+  accuracy in configs/frontier_cpu.py's first epochs (issue 14)."""
+  if state.ema_params is None:
+    return state.params, state.batch_stats
+  return state.ema_params, state.ema_batch_stats
 
 
 def run_keys(seed: int) -> Dict[str, jax.Array]:
@@ -58,12 +67,15 @@ def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
   params = init["params"]
   schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
   tx = make_optimizer(config.optimizer, schedule)
+  batch_stats = init.get("batch_stats", {})
   ema_decay = float(config.ema_decay)
-  # A copy, not the same arrays: the step donates the state's buffers.
-  ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
+  # Copies, not the same arrays: the step donates the state's buffers.
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           batch_stats=init.get("batch_stats", {}),
-                           ema_params=ema, ema_decay=ema_decay)
+                           batch_stats=batch_stats,
+                           ema_params=copy(params) if ema_decay > 0 else None,
+                           ema_batch_stats=copy(batch_stats) if ema_decay > 0 else {},
+                           ema_decay=ema_decay)
 
 
 def stack(trees: Sequence[Any]):
@@ -82,7 +94,7 @@ def stack_states(states: Sequence[TrainState]) -> TrainState:
   apply_fn and tx are static and equal in function across seeds (one config):
   the first state's are kept (optax's closures would not compare equal).
   """
-  fields = ("step", "params", "opt_state", "batch_stats", "ema_params")
+  fields = ("step", "params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats")
   return states[0].replace(**{f: stack([getattr(s, f) for s in states]) for f in fields})
 
 

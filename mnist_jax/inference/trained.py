@@ -1,8 +1,8 @@
 """A trained run, restored for looking inside and predicting: `load(workdir)`.
 
-Holds the model and the parameters evaluation uses (the moving average when
-the run kept one; the optimiser state is dropped), its batch norm statistics
-if it has any, and gives probabilities for uint8 images and the feature maps
+Holds the model and the parameters and batch norm statistics (if any)
+evaluation uses (engine/state.eval_variables: the moving averages of both
+when the run kept them; the optimiser state is dropped), and gives probabilities for uint8 images and the feature maps
 of each conv stage. A run that selects by validation accuracy loads its best
 epoch's checkpoint.
 """
@@ -21,7 +21,7 @@ from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import CONV_MODULES, activation
 from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
-from mnist_jax.engine.state import eval_params, variables
+from mnist_jax.engine.state import eval_variables, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,5 +70,5 @@ def load(workdir: str) -> TrainedModel:
   config = run_dir.read_config(workdir)
   state = restore_lib.restore_state(workdir, config,
                                     which=restore_lib.selected_checkpoint(config))
-  return TrainedModel(config, build_model(config.model), jax.device_get(eval_params(state)),
-                      jax.device_get(state.batch_stats))
+  params, batch_stats = jax.device_get(eval_variables(state))
+  return TrainedModel(config, build_model(config.model), params, batch_stats)

@@ -143,9 +143,35 @@ def jobs_left(runs: Sequence[Run], vmap_seeds: bool, log: Callable,
 def _splits(runs: Sequence[Run]) -> tuple:
   splits = {(r.config.data.train_split, r.config.data.test_split) for r in runs}
   if len(splits) > 1:
-    raise UserError(f"study points use different data splits {sorted(splits)}: "
-                    "one study loads MNIST once, so give every point the same.")
+    raise UserError(f"the runs use different data splits {sorted(splits)}: MNIST "
+                    "is loaded once for all of them, so give every point the same.")
   return splits.pop()
+
+
+def data_loader(runs: Sequence[Run], mnist_dir: Optional[str]) -> Callable[[], tuple]:
+  """load_data() -> the runs' shared (train, test), loaded on the first call
+  only (never, if nothing needs it) and kept."""
+  cache = {}
+
+  def load_data():
+    if "data" not in cache:
+      train_split, test_split = _splits(runs)
+      cache["data"] = data_lib.load_mnist(mnist_dir, train_split=train_split,
+                                          test_split=test_split)
+    return cache["data"]
+
+  return load_data
+
+
+def train_left(runs: Sequence[Run], name: str, load_data: Callable[[], tuple],
+               placement: executor_lib.Placement, *, train_fn: Optional[Callable] = None,
+               vmap_seeds: bool = False, log: Callable = print) -> None:
+  """Trains the runs not finished yet (jobs_left) with the placement's executor;
+  a run that failed is in its failed.json (executor.raise_failures). Studies
+  and the frontier both train through here."""
+  executor_lib.run_jobs(jobs_left(runs, vmap_seeds, log, name),
+                        functools.partial(train_job, train_fn=train_fn or train_and_evaluate),
+                        load_data, placement, name=name, log=log)
 
 
 AfterRun = Callable[[Run, Callable[[], tuple]], None]
@@ -168,7 +194,6 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
   """
   placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run)
   placement.check()
-  train_fn = train_fn or train_and_evaluate
   check_study_dir(study_dir)
   for point in study.points:
     reason = rejection(point, preset)
@@ -176,18 +201,9 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
       log(f"[{study.name}] {point.name}: impossible config, not trained: {reason}")
       run_dir.write_rejection(point_dir(study_dir, point), reason)
   runs = plan(study, preset, study_dir)
-  cache = {}
-
-  def load_data():
-    if "data" not in cache:  # loaded once, and only if something needs it
-      train_split, test_split = _splits(runs)
-      cache["data"] = data_lib.load_mnist(mnist_dir, train_split=train_split,
-                                          test_split=test_split)
-    return cache["data"]
-
-  executor_lib.run_jobs(jobs_left(runs, vmap_seeds, log, study.name),
-                        functools.partial(train_job, train_fn=train_fn), load_data,
-                        placement, name=study.name, log=log)
+  load_data = data_loader(runs, mnist_dir)
+  train_left(runs, study.name, load_data, placement, train_fn=train_fn,
+             vmap_seeds=vmap_seeds, log=log)
   for run in runs:
     if after_run is not None and is_finished(run):
       after_run(run, load_data)

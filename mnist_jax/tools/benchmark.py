@@ -2,6 +2,8 @@ r"""Throughput benchmark: `python -m mnist_jax benchmark [flags]`.
 
   python -m mnist_jax benchmark --configs configs/mlp.py,configs/cnn.py \
       --variants model.conv_impl=xla,im2col --out runs/benchmark.csv
+  python -m mnist_jax benchmark --configs configs/cnn.py,configs/speedrun.py \
+      --against torch              # needs the extra: pip install -e .[bench]
 
 For each config (and each variant of one config field, for an A/B test):
 training-step and evaluation images/s, compile time, model FLOPs per image,
@@ -16,6 +18,10 @@ evaluator. `--seeds N` also times that call vmapped over N seeds' stacked
 states, as the loop trains a group of seeds, against N separate steps.
 `--e2e_split` also runs `train_and_evaluate` for two epochs on that slice of
 MNIST, to compare the second epoch's images/s with the pure step's.
+`--against torch` also times each config's PyTorch twin (tools/against_torch.py:
+same model, initial weights, batch, optimiser and schedule), NCHW and
+channels_last, in the same interleaved rounds, and reports ours / PyTorch's
+better format (`ours_vs_torch` > 1: ours is faster).
 
 FLOPs are counted analytically, per layer, from the shapes the model sees:
 2 per multiply-add of each Conv and Dense layer (activations, pooling, the
@@ -87,6 +93,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / seconds / 1e9
 
 
+# The schedule's horizon for the timed states (the rate's value does not change
+# a step's time); PyTorch's twin follows the same schedule.
+STEPS_PER_EPOCH = 100
+
+
 class TrainCall:
   """The training loop's train call (engine/steps.train_program, one step per
   call) on one fixed batch, which is the whole training set it gathers from:
@@ -97,7 +108,7 @@ class TrainCall:
     self.num_seeds, self.train_data = num_seeds, train_data
     keys = [state_lib.run_keys(seed) for seed in range(num_seeds)]
     self.state = mesh_lib.replicate(join_seeds([
-        state_lib.create_train_state(config, k["init"], steps_per_epoch=100)
+        state_lib.create_train_state(config, k["init"], steps_per_epoch=STEPS_PER_EPOCH)
         for k in keys]), mesh)
     self.sums = mesh_lib.replicate(join_seeds([steps_lib.zero_sums()] * num_seeds), mesh)
     self.keys = [join_seeds([k[name] for k in keys]) for name in ("dropout", "augment")]
@@ -139,6 +150,7 @@ class Case:
     self.train = TrainCall(config, 1, self.train_data, mesh)
     self.eval_s: List[float] = []
     self.seeds = None  # a TrainCall over several seeds when --seeds is given
+    self.torch = []  # PyTorch twins (NCHW, channels_last) when --against torch
 
   @property
   def compile_s(self) -> float:
@@ -164,9 +176,10 @@ def parse_variants(spec: str) -> List[Tuple[str, str]]:
   return [(field, v) for v in values.split(",")]
 
 
-def build_cases(config_paths: Sequence[str], variants: str, mesh) -> List[Case]:
-  """One Case per config and variant; a config without the varied field gets one
-  (e.g. conv_impl for the MLP), but the field must be in one of them."""
+def case_configs(config_paths: Sequence[str],
+                 variants: str) -> List[Tuple[str, ml_collections.ConfigDict]]:
+  """(label, config) per config and variant; a config without the varied field
+  gets one (e.g. conv_impl for the MLP), but the field must be in one of them."""
   bases = [(path, load_config_file(path)) for path in config_paths]
   varied = parse_variants(variants)[0][0]
   if varied and not any(has_field(base, varied) for _, base in bases):
@@ -181,6 +194,12 @@ def build_cases(config_paths: Sequence[str], variants: str, mesh) -> List[Case]:
     for field, value in chosen:
       label = f"{name} {field.split('.')[-1]}={value}" if field else name
       configs.append((label, with_override(base, field, value)))
+  return configs
+
+
+def build_cases(configs: Sequence[Tuple[str, ml_collections.ConfigDict]],
+                mesh) -> List[Case]:
+  """One compiled Case per (label, config) of `case_configs`."""
   return [Case(label, config, mesh) for label, config in configs]
 
 
@@ -247,20 +266,65 @@ def write_csv(path: str, rows: List[Dict]) -> None:
     writer.writerows(rows)
 
 
+AGAINST = ("", "torch")
+
+
+def against_module(against: str):
+  """The module that builds and times the other framework's twin (None for none)."""
+  if against not in AGAINST:
+    raise UserError(f"--against {against!r}: the only other framework is 'torch'.")
+  if not against:
+    return None
+  try:
+    from mnist_jax.tools import against_torch
+  except ModuleNotFoundError as e:
+    if e.name.split(".")[0] != "torch":
+      raise
+    raise UserError("--against torch needs PyTorch, an optional extra: "
+                    "pip install -e .[bench]") from None
+  return against_torch
+
+
+def add_torch_cases(cases: List[Case], against_torch) -> None:
+  """Each case's PyTorch twin, NCHW and channels_last, from our initial weights."""
+  for case in cases:
+    data = case.train_data
+    case.torch = [against_torch.TorchCase(case.config, case.train.state, data["image"],
+                                          data["label"], channels_last, STEPS_PER_EPOCH)
+                  for channels_last in (False, True)]
+
+
+def torch_columns(case: Case) -> Dict:
+  """PyTorch's images/s in both formats and ours over the better one (> 1: ours faster)."""
+  ours, nchw, last = (case.config.batch_size / statistics.median(t.train_s)
+                      for t in [case.train] + case.torch)
+  return {"torch_nchw_img_s": round(nchw), "torch_channels_last_img_s": round(last),
+          "ours_vs_torch": round(ours / max(nchw, last), 3)}
+
+
 def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
         steps: int = 20, seeds: int = 0, e2e_split: str = "",
-        out: str = "runs/benchmark.csv") -> List[Dict]:
+        out: str = "runs/benchmark.csv", against: str = "") -> List[Dict]:
   """Times every case (module docstring), prints the table, writes `out` (CSV)."""
   if seeds < 0 or seeds == 1:
     raise UserError(f"--seeds {seeds}: give 2 or more seeds to vmap (0 = off).")
   if rounds < 1 or steps < 1:
     raise UserError(f"--rounds {rounds} --steps {steps}: time at least 1 round of 1 step.")
-  parse_variants(variants)  # a malformed --variants fails before any compiling
+  other = against_module(against)  # a missing PyTorch fails before any compiling
+  labelled = case_configs(configs, variants)
   print(mesh_lib.describe_devices())
+  if other:
+    for _, config in labelled:
+      other.check_twin(config)
+    other.torch.set_num_threads(other.torch_threads())
+    print(f"torch {other.torch.__version__}, {other.torch.get_num_threads()} threads "
+          "(torch.set_num_threads: as many as XLA:CPU's pool)")
   mesh = mesh_lib.make_mesh()
-  cases = build_cases(configs, variants, mesh)
+  cases = build_cases(labelled, mesh)
   for case in cases if seeds else []:
     case.seeds = TrainCall(case.config, seeds, case.train_data, mesh)
+  if other:
+    add_torch_cases(cases, other)
   matmul = []
   for _ in range(rounds):  # interleaved: every case sees the same load
     matmul.append(matmul_gflops(repeats=3))
@@ -268,7 +332,12 @@ def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
       case.run_round(steps)
       if seeds:
         case.seeds.run_round(steps)
+      for twin in case.torch:
+        twin.run_round(steps)
   rows = [summarise(c, statistics.median(matmul)) for c in cases]
+  for case, row in zip(cases, rows):
+    if case.torch:
+      row.update(torch_columns(case))
   if e2e_split:
     for case, row in zip(cases, rows):
       row["e2e_train_img_s"] = round(end_to_end_images_per_s(case.config, e2e_split))

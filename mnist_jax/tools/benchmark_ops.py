@@ -6,8 +6,9 @@ For every conv stage of a CNN config: the forward convolution, its input
 gradient and its kernel gradient, with XLA's kernel gradient over the whole
 batch (`xla`) and summed over chunks of KERNEL_GRAD_CHUNK images
 (`xla_chunked`); for every 2x2 max pooling (after ReLU, as in the model):
-forward + backward of nn.max_pool, of reshape + max, and of the strided views
-that models/layers.py:pool uses. Milliseconds per call, median of --repeats,
+forward + backward of nn.max_pool, of reshape + max, of the strided views
+with JAX's gradient, and of models/layers.py:pool (the views with the same
+gradient computed per output pixel). Milliseconds per call, median of --repeats,
 warm-up excluded; GFLOP/s for the convolutions (2 per multiply-add).
 These are the measurements behind docs/performance.md's changes.
 """
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 from mnist_jax.tools.benchmark import print_table
 from mnist_jax.core.config import load_config_file
 from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
-from mnist_jax.core.models.layers import chunked_kernel_grad, conv_input_grad, pool, xla_conv
+from mnist_jax.core.models.layers import (chunked_kernel_grad, conv_input_grad, max_of_views,
+                                         pool, xla_conv)
 
 
 def median_ms(fn: Callable, *args, repeats: int) -> float:
@@ -77,7 +79,8 @@ def pool_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
       "nn.max_pool": lambda x: nn.max_pool(x, (2, 2), (2, 2)),
       "reshape + max": lambda x: x.reshape(x.shape[0], x.shape[1] // 2, 2,
                                            x.shape[2] // 2, 2, x.shape[3]).max((2, 4)),
-      "strided views (ours)": lambda x: pool(x, "max", 2),
+      "strided views, JAX's gradient": lambda x: max_of_views(x, 2),
+      "ours: views, shares interleaved": lambda x: pool(x, "max", 2),
   }
   rows, size = [], INPUT_SIZE
   for i, (features, s, kind) in enumerate(zip(model_cfg.features, model_cfg.strides,

@@ -33,26 +33,85 @@ def activation(name: str):
 def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
   """Non-overlapping `window`x`window` pooling with VALID padding.
 
-  Max pooling is the elementwise maximum of the window*window strided views,
-  not nn.max_pool or a reshape + max: on the project's CPU the gradient of
-  nn.max_pool (select_and_scatter) took 42-46 ms per 128x28x28x32 batch, a
-  reshape + max 4.5-17 ms (depending on what XLA fuses around it), and the
-  strided views 2-3 ms (docs/performance.md). The outputs are identical;
-  gradients too, except that a tie inside a window splits its gradient
-  unevenly (ties happen between ReLU zeros, whose gradient is zero anyway).
+  Max pooling is the elementwise maximum of the window*window strided views
+  (`max_pool`), not nn.max_pool or a reshape + max: on the project's CPU the
+  gradient of nn.max_pool (select_and_scatter) took 42-46 ms per 128x28x28x32
+  batch, a reshape + max 4.5-17 ms (depending on what XLA fuses around it),
+  and the strided views 2-3 ms (docs/performance.md). The outputs are
+  identical; gradients too, except that a tie inside a window splits its
+  gradient unevenly (ties happen between ReLU zeros, whose gradient is zero
+  anyway).
   """
   if kind == "none" or window == 1:
     return x_BxHxWxC
-  b, h, w, c = x_BxHxWxC.shape
-  ho, wo = h // window, w // window
-  x = x_BxHxWxC[:, :ho * window, :wo * window, :]  # VALID: drop the ragged edge
   if kind == "max":
-    views = [x[:, i::window, j::window, :] for i in range(window)
-             for j in range(window)]
-    return functools.reduce(jnp.maximum, views)
+    return max_pool(x_BxHxWxC, window)
   if kind == "avg":
+    b, h, w, c = x_BxHxWxC.shape
+    ho, wo = h // window, w // window
+    x = x_BxHxWxC[:, :ho * window, :wo * window, :]  # VALID: drop the ragged edge
     return x.reshape(b, ho, window, wo, window, c).mean(axis=(2, 4))
   raise UserError(f"unknown pooling {kind!r}: use one of {', '.join(POOLINGS)}.")
+
+
+def window_views(x_BxHxWxC: jax.Array, window: int):
+  """The window*window strided views x[:, i::window, j::window] (row-major i, j),
+  the ragged edge dropped (VALID)."""
+  _, h, w, _ = x_BxHxWxC.shape
+  x = x_BxHxWxC[:, :h // window * window, :w // window * window, :]
+  return [x[:, i::window, j::window, :] for i in range(window) for j in range(window)]
+
+
+def max_of_views(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
+  """Max pooling written straightforwardly: the maximum of the strided views,
+  differentiated by JAX (the reference `max_pool` is tested against)."""
+  return functools.reduce(jnp.maximum, window_views(x_BxHxWxC, window))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
+  """`max_of_views` with the same gradient, bit for bit, computed faster.
+
+  JAX's own gradient of the views is the transpose of each strided slice, a
+  pad with interior zeros, and XLA:CPU fuses the sum of those pads into one
+  loop that recomputes every view's share at every input pixel, element by
+  element: the largest single op of the speedrun's step (docs/performance.md).
+  Here the same shares (`_max_share`, in the same order) are computed once per
+  output pixel and interleaved into the input's layout with a transpose.
+  """
+  return max_of_views(x_BxHxWxC, window)
+
+
+def _max_share(x, z, y):
+  """d max(x, y) / dx at z = max(x, y), as lax.max's JVP: 1, 0, or 1/2 on a tie."""
+  one = jnp.ones_like(z)
+  return jnp.where(x == z, one, jnp.zeros_like(z)) / jnp.where(y == z, one + one, one)
+
+
+def _max_pool_fwd(x_BxHxWxC, window):
+  return max_of_views(x_BxHxWxC, window), x_BxHxWxC
+
+
+def _max_pool_bwd(window, x_BxHxWxC, g_BxHoxWoxC):
+  views = window_views(x_BxHxWxC, window)
+  running = [views[0]]  # running[k] = max(views[0..k]), as functools.reduce folds
+  for view in views[1:]:
+    running.append(jnp.maximum(running[-1], view))
+  shares, g = [None] * len(views), g_BxHoxWoxC  # g: the cotangent of running[k]
+  for k in range(len(views) - 1, 0, -1):
+    shares[k] = g * _max_share(views[k], running[k], running[k - 1])
+    g = g * _max_share(running[k - 1], running[k], views[k])
+  shares[0] = g
+  b, ho, wo, c = g_BxHoxWoxC.shape
+  dx = jnp.stack(shares, axis=3).reshape(b, ho, wo, window, window, c)
+  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, ho * window, wo * window, c)
+  _, h, w, _ = x_BxHxWxC.shape
+  dx = jnp.pad(dx, ((0, 0), (0, h - ho * window), (0, w - wo * window), (0, 0)))
+  # JAX's pads add +0.0 to each share, which turns a -0.0 share into +0.0.
+  return (jnp.where(dx == 0, jnp.zeros_like(dx), dx),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:

@@ -1,0 +1,140 @@
+"""The project's models rebuilt in PyTorch, for `benchmark --against torch`.
+
+`build_torch_model(config.model)` is the twin of `build_model(config.model)`
+for the `mlp` and the `cnn` (conv_type 'conv'): the same layers in the same
+order, so the same parameter count, and with our weights copied in
+(`load_flax_params`) the same logits (tests/test_against_torch.py). Needs the
+optional extra `pip install -e .[bench]` (torch, CPU build).
+
+Differences that do not change the function: images arrive NCHW (or NCHW
+with channels_last memory) instead of NHWC, so the flatten before the dense
+head orders the features channel-first and `load_flax_params` reorders the
+first dense kernel's rows to match; 'SAME' padding is Conv2d's own where it
+is symmetric (as a PyTorch user writes it) and an explicit zero pad where it
+is not (a strided convolution's extra pixel goes at the end, as in XLA).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import ml_collections
+import numpy as np
+import torch
+from torch import nn
+
+from mnist_jax.core.errors import UserError
+from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
+from mnist_jax.core.models.layers import same_padding
+
+# flax's gelu is the tanh approximation.
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
+               "silu": nn.SiLU, "gelu": lambda: nn.GELU(approximate="tanh")}
+
+
+def build_torch_model(cfg: ml_collections.ConfigDict) -> nn.Sequential:
+  """The PyTorch twin of `build_model(cfg)`: NCHW float images in, logits out."""
+  if cfg.name == "mlp":
+    return _mlp(cfg)
+  if cfg.name == "cnn" and cfg.get("conv_type", "conv") == "conv":
+    return _cnn(cfg)
+  raise UserError(f"config.model.name {cfg.name!r} (conv_type "
+                  f"{cfg.get('conv_type', 'conv')!r}) has no PyTorch twin: compare the "
+                  "mlp or a cnn with conv_type 'conv' (e.g. configs/cnn.py).")
+
+
+def _activation(name: str) -> nn.Module:
+  if name not in ACTIVATIONS:
+    raise UserError(f"activation {name!r} has no PyTorch twin: use one of "
+                    f"{', '.join(sorted(ACTIVATIONS))}.")
+  return ACTIVATIONS[name]()
+
+
+def _dropout(rate: float) -> List[nn.Module]:
+  return [nn.Dropout(rate)] if rate > 0 else []
+
+
+def _batch_norm(cfg, kind, width: int) -> List[nn.Module]:
+  # flax's momentum 0.9 keeps 90% of the old statistic; torch's 0.1 is the new share.
+  return [kind(width, eps=1e-3, momentum=0.1)] if cfg.get("batch_norm") else []
+
+
+def _mlp(cfg: ml_collections.ConfigDict) -> nn.Sequential:
+  layers: List[nn.Module] = [nn.Flatten()]
+  width = INPUT_SIZE * INPUT_SIZE
+  for hidden in cfg.hidden_features:
+    layers += [nn.Linear(width, hidden), _activation(cfg.activation)]
+    layers += _dropout(cfg.dropout_rate)
+    width = hidden
+  return nn.Sequential(*layers, nn.Linear(width, cfg.num_classes))
+
+
+def _cnn(cfg: ml_collections.ConfigDict) -> nn.Sequential:
+  layers: List[nn.Module] = []
+  channels, size = 1, INPUT_SIZE
+  for feat, k, s, act, kind, out_size in zip(
+      cfg.features, cfg.kernel_sizes, cfg.strides, cfg.activations, cfg.pooling,
+      feature_map_sizes(cfg), strict=True):
+    low, high = same_padding(size, k, s)
+    if low != high:  # asymmetric: Conv2d pads both sides alike
+      layers.append(nn.ZeroPad2d((low, high, low, high)))
+      low = 0
+    layers.append(nn.Conv2d(channels, feat, k, stride=s, padding=low))
+    layers += _batch_norm(cfg, nn.BatchNorm2d, feat) + [_activation(act)]
+    if kind != "none" and cfg.pool_size > 1:
+      pool = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
+      layers.append(pool(cfg.pool_size, cfg.pool_size))
+    channels, size = feat, out_size
+  layers.append(nn.Flatten())
+  width = channels * size * size
+  for hidden in cfg.dense_features:
+    layers += _dropout(cfg.dropout_rate) + [nn.Linear(width, hidden)]
+    layers += _batch_norm(cfg, nn.BatchNorm1d, hidden) + [nn.ReLU()]
+    width = hidden
+  return nn.Sequential(*layers, *_dropout(cfg.dropout_rate),
+                       nn.Linear(width, cfg.num_classes))
+
+
+def count_torch_params(model: nn.Module) -> int:
+  """Trainable scalars (batch norm's running statistics are buffers, not counted)."""
+  return sum(p.numel() for p in model.parameters())
+
+
+def _as_tensor(array) -> torch.Tensor:
+  return torch.from_numpy(np.array(array, np.float32))
+
+
+def load_flax_params(twin: nn.Sequential, params: Dict,
+                     batch_stats: Optional[Dict] = None) -> None:
+  """Copies our parameters into the twin, layer by layer in call order.
+
+  Conv kernels HWIO -> OIHW, Dense kernels (in, out) -> (out, in); the first
+  Dense after a convolution gets its rows reordered from our NHWC flatten
+  order (h, w, c) to the twin's NCHW one (c, h, w).
+  """
+  modules = [m for m in twin if any(True for _ in m.parameters(recurse=False))]
+  ours = list(params.items())  # flax keeps the order in which the layers were called
+  if len(modules) != len(ours):
+    raise ValueError(f"{len(ours)} layers with parameters in ours, {len(modules)} "
+                     "in the twin")
+  stats = batch_stats or {}
+  last_conv = None
+  with torch.no_grad():
+    for module, (name, p) in zip(modules, ours):
+      if isinstance(module, nn.Conv2d):
+        module.weight.copy_(_as_tensor(p["kernel"]).permute(3, 2, 0, 1))
+        last_conv = module
+      elif isinstance(module, nn.Linear):
+        kernel = np.asarray(p["kernel"])
+        if last_conv is not None:
+          c = last_conv.out_channels
+          side = int(round((kernel.shape[0] // c) ** 0.5))
+          kernel = kernel.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(
+              kernel.shape[0], -1)
+          last_conv = None
+        module.weight.copy_(_as_tensor(kernel).T)
+      else:  # batch norm
+        module.weight.copy_(_as_tensor(p["scale"]))
+        module.running_mean.copy_(_as_tensor(stats[name]["mean"]))
+        module.running_var.copy_(_as_tensor(stats[name]["var"]))
+      module.bias.copy_(_as_tensor(p["bias"]))
