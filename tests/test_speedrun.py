@@ -36,9 +36,20 @@ def test_markdown_lists_each_seed_and_the_mean():
 @pytest.mark.parametrize("seeds, config, message", [
     ([], "configs/speedrun.py", "give one or more seeds"),
     ([0, 0], "configs/speedrun.py", "each once"),
-    ([0], "configs/nope.py", "--config configs/nope.py: no such file"),
+    ([0], "configs/nope.py", "--config_file configs/nope.py: no such file"),
 ])
 def test_bad_input_is_refused_before_any_run(seeds, config, message, tmp_path, monkeypatch):
   monkeypatch.setattr(speedrun, "run_timed", None)  # starting a run would be a bug
   with pytest.raises(UserError, match=message):
     speedrun.run(seeds, str(tmp_path), config)
+
+
+def test_the_command_line_reaches_the_tool_with_every_flag(tmp_path, monkeypatch):
+  from mnist_jax import cli
+  calls = []
+  monkeypatch.setattr(speedrun, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+  assert cli.main(["speedrun", "--seeds", "0,1", "--set", "num_epochs=1", "--set",
+                   "batch_size=32", "--out", str(tmp_path), "--config_file",
+                   "configs/speedrun.py", "--group"]) == 0
+  assert calls == [(([0, 1], str(tmp_path), "configs/speedrun.py",
+                     ["num_epochs=1", "batch_size=32"]), {"group": True})]

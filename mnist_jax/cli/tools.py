@@ -53,7 +53,8 @@ def _define_speedrun(fv: flags.FlagValues, argv: Sequence[str]) -> None:
                     "`train` process", flag_values=fv)
   flags.DEFINE_string("out", "runs/speedrun", "OUT/seedS: the runs (started over); "
                       "OUT/speedrun.md and .json: the table", flag_values=fv)
-  flags.DEFINE_string("config", "configs/speedrun.py", "config file", flag_values=fv)
+  # Not --config: that name is the config_flags flag of train and the others.
+  flags.DEFINE_string("config_file", "configs/speedrun.py", "config file", flag_values=fv)
   flags.DEFINE_multi_string("set", [], "FIELD=VALUE, passed to every train as "
                             "--config.FIELD=VALUE; repeat it for several fields, "
                             "e.g. --set num_epochs=1 --set batch_size=32", flag_values=fv)
@@ -63,7 +64,7 @@ def _define_speedrun(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 def speedrun(fv: flags.FlagValues, args: List[str]) -> int:
   from mnist_jax.tools import speedrun as speedrun_lib
-  speedrun_lib.run(parse_seeds(fv.seeds), fv.out, fv.config, fv.set, group=fv.group)
+  speedrun_lib.run(parse_seeds(fv.seeds), fv.out, fv.config_file, fv.set, group=fv.group)
   return 0
 
 

@@ -138,7 +138,7 @@ def run(seeds: Sequence[int], out: str = "runs/speedrun",
                     "each once.")
   config_path = config if os.path.isabs(config) else os.path.join(REPO_ROOT, config)
   if not os.path.isfile(config_path):
-    raise UserError(f"--config {config}: no such file; give a path under configs/.")
+    raise UserError(f"--config_file {config}: no such file; give a path under configs/.")
   out = os.path.abspath(out)
   rows = []
   for seed in seeds:
