@@ -12,6 +12,7 @@
   frontier  [--recipe cpu|full] [--out DIR] [--data_dir D] [--tables_only]
   benchmark [--configs C1,C2] [--variants FIELD=V1,V2] [--rounds 7] [--steps 20]
             [--seeds N] [--e2e_split SPLIT] [--out FILE] [--against torch]
+  speedrun  [--seeds 0,1,2,3,4] [--out DIR] [--config_file C] [--set FIELD=VALUE] [--group]
 
 Each command has its own flags (`python -m mnist_jax COMMAND -h`); a flag of
 another command is an error. Kept thin on purpose: every command calls a

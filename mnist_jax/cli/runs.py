@@ -36,7 +36,7 @@ def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   define_device_flags(fv)
 
 
-def _seeds(texts: List[str]) -> List[int]:
+def parse_seeds(texts: List[str]) -> List[int]:
   try:
     seeds = [int(s) for s in texts]
   except ValueError:
@@ -62,7 +62,7 @@ def train(fv: flags.FlagValues, args: List[str]) -> int:
     final = train_and_evaluate(config, fv.workdir, mnist_dir=fv.data_dir, force=fv.force)
     print(f"{_final_line(config, final)}; run saved in {fv.workdir}")
     return 0
-  seeds = _seeds(fv.seeds)
+  seeds = parse_seeds(fv.seeds)
   workdirs = [os.path.join(fv.workdir, f"seed{s}") for s in seeds]
   start_jax(fv)
   from mnist_jax.engine.loop import train_runs

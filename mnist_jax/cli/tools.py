@@ -1,4 +1,5 @@
-"""The benchmark command (mnist_jax.tools.benchmark)."""
+"""The measuring commands: benchmark (mnist_jax.tools.benchmark) and speedrun
+(mnist_jax.tools.speedrun)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import List, Sequence
 from absl import flags
 
 from mnist_jax.cli.command import Command
+from mnist_jax.cli.runs import parse_seeds
 
 _DEFAULT_CONFIGS = ["configs/mlp.py", "configs/cnn.py", "configs/speedrun.py"]
 
@@ -46,8 +48,31 @@ def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
   return 0
 
 
+def _define_speedrun(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "seeds, each trained by its own "
+                    "`train` process", flag_values=fv)
+  flags.DEFINE_string("out", "runs/speedrun", "OUT/seedS: the runs (started over); "
+                      "OUT/speedrun.md and .json: the table", flag_values=fv)
+  # Not --config: that name is the config_flags flag of train and the others.
+  flags.DEFINE_string("config_file", "configs/speedrun.py", "config file", flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE, passed to every train as "
+                            "--config.FIELD=VALUE; repeat it for several fields, "
+                            "e.g. --set num_epochs=1 --set batch_size=32", flag_values=fv)
+  flags.DEFINE_bool("group", False, "also train the seeds as one vmapped program "
+                    "(train --seeds) and compare its images/s", flag_values=fv)
+
+
+def speedrun(fv: flags.FlagValues, args: List[str]) -> int:
+  from mnist_jax.tools import speedrun as speedrun_lib
+  speedrun_lib.run(parse_seeds(fv.seeds), fv.out, fv.config_file, fv.set, group=fv.group)
+  return 0
+
+
 COMMANDS = [
     Command("benchmark", "time training and evaluation steps of configs (images/s, "
             "GFLOP/s, compile time), interleaved so that load slows all alike",
             _define_benchmark, benchmark, usage="[flags]"),
+    Command("speedrun", "train configs/speedrun.py once per seed, each its own "
+            "process, and list each seed's accuracy, training and end-to-end time",
+            _define_speedrun, speedrun, usage="[--seeds 0,1,2,3,4] [--out DIR] [--group]"),
 ]
