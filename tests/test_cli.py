@@ -119,6 +119,7 @@ FOREIGN_FLAGS = {
     "study": (["study", "kernel_size", "--out", "{w}", "--recipe", "cpu"], "recipe"),
     "frontier": (["frontier", "--out", "{w}", "--preset", "cpu"], "preset"),
     "benchmark": (["benchmark", "--out", "{w}/b.csv", "--workdir", "{w}"], "workdir"),
+    "speedrun": (["speedrun", "--out", "{w}", "--workdir", "{w}"], "workdir"),
 }
 
 
