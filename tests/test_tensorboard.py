@@ -112,3 +112,16 @@ def test_a_resumed_run_shows_each_epoch_once(tmp_path):
       (m["step"], pytest.approx(m["test_loss"], rel=1e-6)) for m in lines]
   assert [step for step, _ in points(events, "step/train_loss")] == [2, 4, 6]
   assert not os.path.exists(os.path.join(workdir, "profile"))  # profile_steps = 0
+
+
+def test_the_writer_does_not_import_torch_but_torch_still_imports_after():
+  """tensorboardX imports PyTorch when it is installed (2.3 s of every train's
+  start-up); metric_writer hides it for that import only."""
+  import subprocess
+  import sys
+  code = ("import sys; import mnist_jax.engine.metric_writer; "
+          "print('torch' in sys.modules); import torch; print(torch.__name__)")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ["False", "torch"]

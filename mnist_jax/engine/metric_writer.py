@@ -22,18 +22,42 @@ so a redone epoch is not shown twice.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Dict, Optional
 
 import jax
 import ml_collections
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from mnist_jax.core import data as data_lib
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.mesh import to_host
 from mnist_jax.engine.state import TrainState, eval_variables
+
+
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX.writer imports torch whenever it is installed (it is, in the
+  [bench] and [test] extras) only to accept torch tensors as values; that cost
+  2.3 s of every train command's start-up here (`python -X importtime`). We
+  write numpy, so torch is hidden for that one import (None in sys.modules
+  makes `import torch` raise ImportError, which tensorboardX catches), unless
+  this process has imported torch already (the benchmark's --against torch).
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 PROFILE_DIR = "profile"
 GRID_COLUMNS = 8  # tensorboardX's make_grid lays images out 8 to a row
