@@ -29,7 +29,6 @@ process start to first training step, plus saving at the end.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import resource
@@ -40,6 +39,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
 
 IMAGE = os.path.join("examples", "digits", "digit3_300x300.png")
@@ -79,8 +79,7 @@ def split_train_time(stdout: str, workdir: str, wall: float) -> Dict[str, float]
   """compile_s (as `train` printed it), epochs_s (metrics.jsonl) and the rest."""
   found = re.search(r"compiled in ([\d.]+)s", stdout)
   compile_s = float(found.group(1)) if found else float("nan")
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    epochs_s = sum(json.loads(line)["epoch_time_s"] for line in f if line.strip())
+  epochs_s = sum(m["epoch_time_s"] for m in run_dir.read_metrics(workdir))
   return {"compile_s": compile_s, "epochs_s": epochs_s,
           "fixed_s": wall - compile_s - epochs_s}
 
