@@ -1,4 +1,4 @@
-r"""Speedrun: a small CNN trained for 2 epochs, aiming at >= 99.0% mean test accuracy.
+r"""Speedrun: a small CNN trained for 1 epoch, aiming at >= 99.0% mean test accuracy.
 
   python -m mnist_jax train --config configs/speedrun.py --workdir runs/speedrun/0
 
@@ -6,19 +6,29 @@ Five seeds end to end: `python -m mnist_jax speedrun` runs the command above
 once per seed (--config.seed=0..4, each its own process and workdir) and lists
 each seed's test accuracy, training time and whole-command time, the mean and
 how many seeds fall below 99.0%. (`--seeds 0,1,2,3,4` trains them in one
-vmapped program, but for this config on the 2-core CPU that is slower than
-separate runs: see docs/performance.md.)
+vmapped program: see docs/performance.md for how that compares.)
 
-conv16(3x3)-maxpool-conv32(3x3)-maxpool-dense128-dense10, ReLU, no dropout,
-Adam with a one-cycle schedule peaking at 3e-3, batch 64, 2 epochs, trained
-on the 60,000 training images only (no test-set stopping or selection: the
-schedule is fixed and the last epoch is reported). Recipe choices are made on
-a validation split (the last 5,000 training images held out,
-config.data.validation_size), never on test accuracy: one epoch instead of
-two measured 98.66-98.84% validation accuracy (peak 2e-3 to 5e-3, batch 32
-or 64; seeds 0 and 1, measured 2026-11-30) against 99.08/99.00% for two
-(seeds 0, 1, an earlier session), so the recipe keeps two epochs. Measured
-runtime and accuracy: docs/performance.md.
+conv24(5x5, 'valid')-maxpool-conv32(3x3, 'valid')-maxpool-dense256-dense10,
+ReLU, batch norm after each convolution and the hidden dense layer, no
+dropout; Adam (b1 0.7, b2 0.9) with a one-cycle schedule peaking at 1e-2,
+batch 128, one epoch on the 60,000 training images (no test-set stopping or
+selection: the schedule is fixed and the only epoch is reported). The
+network, the 'valid' convolutions, Adam's rates and the one-cycle peak are
+those of tuomaso/train_mnist_fast (99.04% mean over 30 seeds in one epoch on
+a GPU, batch 256); the 24 channels of the first convolution also put it on
+XLA:CPU's fast YNNPACK path (it takes a convolution with more than 16
+channels on a side). Recipe choices are made on a validation split (the last
+5,000 training images held out, config.data.validation_size), never on test
+accuracy; seeds 0 and 1, one epoch, measured 2026-11-30:
+
+  that network as published (batch 256)      98.52 / 98.78%
+  batch 128                                  98.68 / 98.72%
+  batch 128 + batch norm (this file)         99.06 / 99.02%
+  the previous recipe: conv16-conv32 'same',
+  dense128, Adam peak 3e-3, batch 64, 2 epochs 99.08 / 99.00%
+
+so one epoch with batch norm matches the two-epoch recipe on validation in
+half the steps. Measured runtime and accuracy: docs/performance.md.
 """
 
 from mnist_jax.core.config import base_config
@@ -28,21 +38,25 @@ def get_config():
   config = base_config()
   config.model = dict(
       name="cnn",
-      features=(16, 32),
-      kernel_sizes=(3, 3),
+      features=(24, 32),
+      kernel_sizes=(5, 3),
       strides=(1, 1),
       activations=("relu", "relu"),
       pooling=("max", "max"),
       pool_size=2,
-      dense_features=(128,),
+      padding="valid",
+      dense_features=(256,),
       dropout_rate=0.0,
+      batch_norm=True,
       num_classes=10,
       conv_impl="auto",
   )
-  config.batch_size = 64  # more steps per epoch; also more img/s on the 2-core CPU
+  config.batch_size = 128
   config.optimizer.schedule = "onecycle"
-  config.optimizer.learning_rate = 3e-3
-  config.num_epochs = 2
+  config.optimizer.learning_rate = 1e-2
+  config.optimizer.b1 = 0.7
+  config.optimizer.b2 = 0.9
+  config.num_epochs = 1
   # A ~12 s epoch needs no mid-epoch checkpoint; each one is a host sync.
   config.checkpoint.every_steps = 0
   # Nothing the run's accuracy needs: no extra pass over the test set for the

@@ -55,7 +55,10 @@ def test_the_twin_has_our_parameters_and_logits(model_config):
                        variables.get("batch_stats", {}))
   twin = torch_models.build_torch_model(model_config).eval()
   assert torch_models.count_torch_params(twin) == count_params(variables["params"])
-  torch_models.load_flax_params(twin, variables["params"], stats)
+  # Keys sorted, as any tree_map (an optimiser step, a restore) leaves them:
+  # the layers are matched by name, not by the dict's order (bn0 < conv0).
+  sorted_params = dict(sorted(variables["params"].items()))
+  torch_models.load_flax_params(twin, sorted_params, stats)
   images = random_images(3)
   ours_BxC = build_model(model_config).apply(
       {"params": variables["params"], "batch_stats": stats}, data.scale_pixels(images))
@@ -81,6 +84,11 @@ def test_the_twin_takes_our_optimizer_steps(optimizer):
   """Same loss, gradients, optimiser and learning-rate schedule: after two
   steps from our initial weights, the twin's weights are ours."""
   config = speedrun_config.get_config()  # no dropout: both sides are deterministic
+  # Nor batch norm: it subtracts the conv biases again, so their gradients (and
+  # a few others) are rounding noise, which Adam divides by its own tiny scale
+  # into full-size steps that differ between any two implementations. The
+  # twin's batch norm is compared in test_the_twin_has_our_parameters_and_logits.
+  config.model.batch_norm = False
   config.batch_size, config.optimizer.name = 8, optimizer
   config.optimizer.learning_rate = 0.05 if optimizer == "sgd" else 3e-3
   config.label_smoothing = 0.1
@@ -90,7 +98,7 @@ def test_the_twin_takes_our_optimizer_steps(optimizer):
                                  steps_per_epoch=benchmark.STEPS_PER_EPOCH)
   twin.run_round(steps=1)  # a warm-up step and a timed one
   expected = torch_models.build_torch_model(config.model)
-  torch_models.load_flax_params(expected, ours.params)
+  torch_models.load_flax_params(expected, ours.params, ours.batch_stats)
   for theirs, want in zip(twin.model.parameters(), expected.parameters(), strict=True):
     np.testing.assert_allclose(theirs.detach().numpy(), want.detach().numpy(),
                                rtol=1e-4, atol=2e-6)

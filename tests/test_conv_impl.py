@@ -22,13 +22,15 @@ def _assert_trees_close(a, b, rtol):
 
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)
-@pytest.mark.parametrize("size,channels,kernel,stride",
-                         [(28, 1, 3, 1), (9, 4, 3, 2), (7, 3, 5, 1), (8, 2, 2, 3)])
+@pytest.mark.parametrize("size,channels,kernel,stride,padding",
+                         [(28, 1, 3, 1, "SAME"), (9, 4, 3, 2, "SAME"), (7, 3, 5, 1, "SAME"),
+                          (8, 2, 2, 3, "SAME"), (28, 1, 5, 1, "VALID"),
+                          (12, 24, 3, 1, "VALID"), (9, 4, 3, 2, "VALID")])
 def test_conv_matches_nn_conv_outputs_and_gradients(impl, size, channels, kernel,
-                                                    stride):
+                                                    stride, padding):
   x = jax.random.normal(jax.random.key(0), (2, size, size, channels))
-  ours = Conv(6, kernel, stride, impl=impl)
-  theirs = nn.Conv(6, (kernel, kernel), strides=(stride, stride), padding="SAME")
+  ours = Conv(6, kernel, stride, impl=impl, padding=padding)
+  theirs = nn.Conv(6, (kernel, kernel), strides=(stride, stride), padding=padding)
   params = theirs.init(jax.random.key(1), x)["params"]
   ours_params = ours.init(jax.random.key(1), x)["params"]
   # Same names, shapes and initial values: seeds and checkpoints carry over.

@@ -30,9 +30,9 @@ def test_tiny_gpu_check_writes_a_summary_with_every_part(mnist_dir, tfds_dir, tm
   assert re.search(r"^\| 0 \| \d+\.\d\d% \| \d+\.\d \| \d+\.\d \| \d+\.\d \| \d+\.\d \|$",
                    summary, re.M)
   assert "Mean test accuracy" in summary and "over 1 seed;" in summary
-  # Every --set reached the run: 1 epoch of 15 full batches of 64 of the 1,000 images.
+  # Every --set reached the run: 1 epoch of 7 full batches of 128 of the 1,000 images.
   seed0 = json.loads((out / "speedrun" / "speedrun.json").read_text())["rows"][0]
-  assert (seed0["epochs"], seed0["train_images"]) == (1, 15 * 64)
+  assert (seed0["epochs"], seed0["train_images"]) == (1, 7 * 128)
   assert "## Study kernel_size (--quick)" in summary and "3x3" in summary
 
 

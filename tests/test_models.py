@@ -55,6 +55,32 @@ def test_flatten_size_follows_kernel_stride_and_pooling():
   assert params["dense0"]["kernel"].shape == (3 * 3 * 128, 128)
 
 
+def test_valid_padding_shrinks_each_map_by_the_kernel_less_one():
+  cfg = cnn_config.get_config().model
+  cfg.update(features=(24, 32), kernel_sizes=(5, 3), strides=(1, 1),
+             activations=("relu", "relu"), pooling=("max", "max"),
+             dense_features=(256,), padding="valid")
+  # 28 -> 5x5 valid 24 -> pool 12 -> 3x3 valid 10 -> pool 5: 5*5*32 = 800 inputs.
+  assert cnn_lib.feature_map_sizes(cfg) == [12, 5]
+  model, params = init(cfg)
+  assert params["conv0"]["kernel"].shape == (5, 5, 1, 24)
+  assert params["dense0"]["kernel"].shape == (800, 256)
+  assert count_params(params) == (25 * 24 + 24) + (9 * 24 * 32 + 32) + (800 * 256 + 256) \
+      + (256 * 10 + 10)
+  assert model.apply({"params": params}, MNIST_BATCH).shape == (4, 10)
+
+
+def test_valid_kernel_larger_than_the_map_and_unknown_padding_are_rejected():
+  cfg = cnn_config.get_config().model
+  cfg.update(kernel_sizes=(5, 5, 5), padding="valid")  # 28 -> 24 -> 12 -> 8 -> 4 -> 0
+  with pytest.raises(UserError, match=r"stage 3: a 5x5 'valid' convolution does not fit "
+                                      r"the 4x4 feature map"):
+    build_model(cfg)
+  cfg.padding = "reflect"
+  with pytest.raises(UserError, match="config.model.padding = 'reflect'.*same, valid"):
+    build_model(cfg)
+
+
 @pytest.mark.parametrize("strides,pooling", [((3, 3, 3), ("max", "max", "max")),
                                              ((2, 2, 2), ("max", "max", "max"))])
 def test_config_that_shrinks_the_map_to_nothing_is_rejected(strides, pooling):

@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9  # sgd only
   config.optimizer.nesterov = False  # sgd only
   config.optimizer.weight_decay = 0.0  # adamw (decoupled) only
+  config.optimizer.b1 = 0.9  # adam, adamw: decay of the gradient's moving average
+  config.optimizer.b2 = 0.999  # adam, adamw: the same for the squared gradient
   config.optimizer.schedule = "cosine"  # constant | cosine | onecycle | exponential
   config.optimizer.warmup_epochs = 0.0  # cosine only
   config.optimizer.decay_per_epoch = 0.98  # exponential only
@@ -103,6 +105,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.learning_rate <= 0:
     raise UserError(f"config.optimizer.learning_rate = "
                     f"{config.optimizer.learning_rate}: it must be positive.")
+  for beta in ("b1", "b2"):
+    value = config.optimizer.get(beta, 0.9)
+    if not 0.0 <= value < 1.0:
+      raise UserError(f"config.optimizer.{beta} = {value}: Adam's decay rates "
+                      "must lie in [0, 1).")
   if int(config.checkpoint.every_steps) < 0:
     raise UserError(f"config.checkpoint.every_steps = {config.checkpoint.every_steps}: "
                     "use 0 (epoch ends only) or a positive number of steps.")

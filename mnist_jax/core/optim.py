@@ -42,9 +42,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   """The optimiser `cfg.name` driven by `schedule`."""
   if cfg.name == "sgd":
     return optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+  # Configs saved before b1 and b2 existed have optax's defaults, 0.9 and 0.999.
+  betas = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
   if cfg.name == "adam":
-    return optax.adam(schedule)
+    return optax.adam(schedule, **betas)
   if cfg.name == "adamw":
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay, **betas)
   raise UserError(f"unknown optimizer {cfg.name!r}: set config.optimizer.name "
                   f"to one of {', '.join(OPTIMIZERS)}.")

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 from mnist_jax.tools.benchmark import print_table
 from mnist_jax.core.config import load_config_file
 from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
-from mnist_jax.core.models.layers import (chunked_kernel_grad, conv_input_grad, max_of_views,
-                                         pool, xla_conv)
+from mnist_jax.core.models.layers import (chunked_kernel_grad, conv_input_grad,
+                                          conv_output_size, max_of_views, pool,
+                                          xla_conv)
 
 
 def median_ms(fn: Callable, *args, repeats: int) -> float:
@@ -42,30 +43,32 @@ def median_ms(fn: Callable, *args, repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def xla_kernel_grad(x, kernel, g, stride):
-  _, kernel_vjp = jax.vjp(lambda k: xla_conv(x, k, stride), kernel)
+def xla_kernel_grad(x, kernel, g, stride, padding="SAME"):
+  _, kernel_vjp = jax.vjp(lambda k: xla_conv(x, k, stride, padding), kernel)
   return kernel_vjp(g)[0]
 
 
 def conv_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
   rows, size, channels = [], INPUT_SIZE, 1
   sizes = feature_map_sizes(model_cfg)
+  p = model_cfg.get("padding", "same").upper()
   for i, (features, k, s) in enumerate(zip(model_cfg.features, model_cfg.kernel_sizes,
                                             model_cfg.strides)):
-    out = -(-size // s)
+    out = conv_output_size(size, k, s, p)
     keys = jax.random.split(jax.random.key(i), 3)
     x = jax.random.normal(keys[0], (batch, size, size, channels))
     kernel = 0.1 * jax.random.normal(keys[1], (k, k, channels, features))
     g = jax.random.normal(keys[2], (batch, out, out, features))
     mflop = 2 * batch * out * out * k * k * channels * features / 1e6
     timings = {
-        "forward": median_ms(lambda x, w: xla_conv(x, w, s), x, kernel, repeats=repeats),
-        "input_grad": median_ms(lambda x, w, g: conv_input_grad(x, w, g, s), x, kernel, g,
-                                repeats=repeats),
-        "kernel_grad xla": median_ms(lambda x, w, g: xla_kernel_grad(x, w, g, s),
+        "forward": median_ms(lambda x, w: xla_conv(x, w, s, p), x, kernel,
+                             repeats=repeats),
+        "input_grad": median_ms(lambda x, w, g: conv_input_grad(x, w, g, s, p), x, kernel,
+                                g, repeats=repeats),
+        "kernel_grad xla": median_ms(lambda x, w, g: xla_kernel_grad(x, w, g, s, p),
                                      x, kernel, g, repeats=repeats),
         "kernel_grad xla_chunked": median_ms(
-            lambda x, w, g: chunked_kernel_grad(x, w, g, s), x, kernel, g,
+            lambda x, w, g: chunked_kernel_grad(x, w, g, s, p), x, kernel, g,
             repeats=repeats)}
     for piece, ms in timings.items():
       rows.append({"op": f"conv{i} {size}x{size}x{channels}->{features} {piece}",
@@ -83,9 +86,10 @@ def pool_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
       "ours: views, shares interleaved": lambda x: pool(x, "max", 2),
   }
   rows, size = [], INPUT_SIZE
-  for i, (features, s, kind) in enumerate(zip(model_cfg.features, model_cfg.strides,
-                                               model_cfg.pooling)):
-    size = -(-size // s)
+  p = model_cfg.get("padding", "same").upper()
+  for i, (features, k, s, kind) in enumerate(zip(
+      model_cfg.features, model_cfg.kernel_sizes, model_cfg.strides, model_cfg.pooling)):
+    size = conv_output_size(size, k, s, p)
     if kind == "max" and size % 2 == 0:
       x = jax.random.normal(jax.random.key(i), (batch, size, size, features))
       for name, fn in variants.items():

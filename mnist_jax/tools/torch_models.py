@@ -16,7 +16,8 @@ is not (a strided convolution's extra pixel goes at the end, as in XLA).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import re
+from typing import Dict, List, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
-from mnist_jax.core.models.layers import same_padding
+from mnist_jax.core.models.layers import conv_padding
 
 # flax's gelu is the tanh approximation.
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
@@ -75,7 +76,7 @@ def _cnn(cfg: ml_collections.ConfigDict) -> nn.Sequential:
   for feat, k, s, act, kind, out_size in zip(
       cfg.features, cfg.kernel_sizes, cfg.strides, cfg.activations, cfg.pooling,
       feature_map_sizes(cfg), strict=True):
-    low, high = same_padding(size, k, s)
+    low, high = conv_padding(size, k, s, cfg.get("padding", "same").upper())
     if low != high:  # asymmetric: Conv2d pads both sides alike
       layers.append(nn.ZeroPad2d((low, high, low, high)))
       low = 0
@@ -104,6 +105,22 @@ def _as_tensor(array) -> torch.Tensor:
   return torch.from_numpy(np.array(array, np.float32))
 
 
+# Our layers' names (models/cnn.py, flax's Dense_k in models/mlp.py) -> the
+# position of the layer in the forward pass: conv0, bn0, conv1, bn1, ...,
+# dense0, dense_bn0, ..., logits.
+_LAYER_NAME = re.compile(r"(conv|bn|dense|dense_bn|Dense_|logits)(\d*)$")
+_STAGE = {"conv": (0, 0), "bn": (0, 1), "dense": (1, 0), "Dense_": (1, 0),
+          "dense_bn": (1, 1), "logits": (2, 0)}
+
+
+def _call_order(name: str) -> Tuple[int, int, int]:
+  match = _LAYER_NAME.match(name)
+  if match is None:
+    raise ValueError(f"no PyTorch twin for a layer named {name!r}")
+  stage, after = _STAGE[match.group(1)]
+  return stage, int(match.group(2) or 0), after
+
+
 def load_flax_params(twin: nn.Sequential, params: Dict,
                      batch_stats: Optional[Dict] = None) -> None:
   """Copies our parameters into the twin, layer by layer in call order.
@@ -113,7 +130,9 @@ def load_flax_params(twin: nn.Sequential, params: Dict,
   order (h, w, c) to the twin's NCHW one (c, h, w).
   """
   modules = [m for m in twin if any(True for _ in m.parameters(recurse=False))]
-  ours = list(params.items())  # flax keeps the order in which the layers were called
+  # Not dict order: flax's init keeps the call order, but a tree_map (an
+  # optimiser step, a restore) returns the keys sorted, so bn0 before conv0.
+  ours = sorted(params.items(), key=lambda item: _call_order(item[0]))
   if len(modules) != len(ours):
     raise ValueError(f"{len(ours)} layers with parameters in ours, {len(modules)} "
                      "in the twin")

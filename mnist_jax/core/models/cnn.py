@@ -1,7 +1,10 @@
 """A convolutional network in stages: low-, mid- and high-level patterns.
 
-Each stage is Conv(features, kernel, stride, 'SAME') -> activation -> pooling,
+Each stage is Conv(features, kernel, stride, padding) -> activation -> pooling,
 with `batch_norm` a BatchNorm after every Conv and hidden Dense layer.
+`padding` 'same' (the default) keeps a stride-1 map's size; 'valid' adds no
+zeros, so a k x k kernel shrinks the map by k - 1 (fewer multiply-adds per
+image, LeNet's and the speedrun's choice).
 With `conv_type='local'` each Conv becomes a locally connected layer
 (nn.ConvLocal): the same receptive fields and output shapes, but a separate
 kernel at every output position, i.e. the CNN without weight sharing.
@@ -23,7 +26,7 @@ import ml_collections
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import (CONV_IMPLS, POOLINGS, Conv, activation,
-                                    batch_norm, pool)
+                                          batch_norm, conv_output_size, pool)
 
 INPUT_SIZE = 28  # MNIST images are 28x28
 
@@ -43,18 +46,19 @@ class CNN(nn.Module):
   conv_type: str = "conv"  # conv (shared weights) | local (nn.ConvLocal)
   conv_impl: str = "xla"
   batch_norm: bool = False
+  padding: str = "same"  # same | valid, every stage
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
-    x = x_BxHxWxC
+    x, padding = x_BxHxWxC, self.padding.upper()
     for i, (feat, k, s, act, kind) in enumerate(zip(
         self.features, self.kernel_sizes, self.strides, self.activations,
         self.pooling)):
       if self.conv_type == "local":
-        x = nn.ConvLocal(feat, (k, k), strides=(s, s), padding="SAME",
+        x = nn.ConvLocal(feat, (k, k), strides=(s, s), padding=padding,
                          name=f"conv{i}")(x)
       else:
-        x = Conv(feat, k, s, impl=self.conv_impl, name=f"conv{i}")(x)
+        x = Conv(feat, k, s, impl=self.conv_impl, padding=padding, name=f"conv{i}")(x)
       x = self._normalise(x, train, f"bn{i}")
       x = pool(activation(act)(x), kind, self.pool_size)
     x = x.reshape(x.shape[0], -1)  # flatten size follows from the config
@@ -75,12 +79,19 @@ def feature_map_sizes(cfg: ml_collections.ConfigDict,
                       input_size: int = INPUT_SIZE) -> List[int]:
   """Side of the square feature map after each stage; rejects a map of size 0.
 
-  'SAME' convolution with stride s gives ceil(n / s); non-overlapping pooling
-  with window p gives floor(n / p).
+  'SAME' convolution with stride s gives ceil(n / s), 'VALID' with a k x k
+  kernel floor((n - k) / s) + 1; non-overlapping pooling with window p gives
+  floor(n / p).
   """
-  sizes, n = [], input_size
-  for i, (s, kind) in enumerate(zip(cfg.strides, cfg.pooling), start=1):
-    n = -(-n // s)
+  sizes, n, padding = [], input_size, cfg.get("padding", "same").upper()
+  for i, (k, s, kind) in enumerate(zip(cfg.kernel_sizes, cfg.strides, cfg.pooling),
+                                   start=1):
+    previous, n = n, conv_output_size(n, k, s, padding)
+    if n < 1:
+      raise UserError(
+          f"CNN stage {i}: a {k}x{k} 'valid' convolution does not fit the "
+          f"{previous}x{previous} feature map: use smaller kernels, fewer stages "
+          "or config.model.padding = 'same'.")
     if kind != "none" and n < cfg.pool_size:
       raise UserError(
           f"CNN stage {i}: {cfg.pool_size}x{cfg.pool_size} {kind} pooling of a "
@@ -95,9 +106,13 @@ def feature_map_sizes(cfg: ml_collections.ConfigDict,
 
 
 CONV_TYPES = ("conv", "local")
+PADDINGS = ("same", "valid")
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> None:
+  if cfg.get("padding", "same") not in PADDINGS:
+    raise UserError(f"config.model.padding = {cfg.padding!r}: use one of "
+                    f"{', '.join(PADDINGS)}.")
   if cfg.get("conv_type", "conv") not in CONV_TYPES:
     raise UserError(f"config.model.conv_type = {cfg.conv_type!r}: use one of "
                     f"{', '.join(CONV_TYPES)}.")
@@ -138,4 +153,6 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              conv_type=cfg.get("conv_type", "conv"),
              # Runs saved before conv_impl existed have no such key.
              conv_impl=cfg.get("conv_impl", "xla"),
-             batch_norm=cfg.get("batch_norm", False))
+             batch_norm=cfg.get("batch_norm", False),
+             # Configs written before padding existed have no such key.
+             padding=cfg.get("padding", "same"))

@@ -5,7 +5,7 @@ and output shapes, found by tracing `init` abstractly (no computation):
   Dense, ConvLocal: every kernel weight is used once per image -> kernel.size;
   Conv: the kernel is reused at every output position -> positions * kernel.size.
 Biases, activations, pooling and the softmax are not counted, and 'SAME'
-padding zeros are (the usual convention). One FLOP is about two MACs.
+padding zeros are (the usual convention; 'VALID' has none). One FLOP is about two MACs.
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def sharing_rows(cnn_config: ml_collections.ConfigDict) -> List[Dict]:
   """
   rows, n_in, c_in = [], INPUT_SIZE, IMAGE_SHAPE[-1]
   pooled = feature_map_sizes(cnn_config)
+  padding = cnn_config.get("padding", "same").upper()
   for i, (c_out, k, s) in enumerate(zip(cnn_config.features, cnn_config.kernel_sizes,
                                         cnn_config.strides)):
-    n_out = -(-n_in // s)  # 'SAME' convolution with stride s
+    n_out = layers.conv_output_size(n_in, k, s, padding)
     conv = k * k * c_in * c_out + c_out
     rows.append({
         "layer": f"conv{i}", "input": (n_in, n_in, c_in), "output": (n_out, n_out, c_out),

@@ -132,6 +132,11 @@ def count_params(params) -> int:
 CONV_IMPLS = ("auto", "xla", "im2col", "xla_chunked")
 
 
+# 'SAME': zeros around the map, output ceil(size / stride). 'VALID': no zeros,
+# the kernel stays inside the map, output floor((size - kernel) / stride) + 1.
+PADDINGS = ("SAME", "VALID")
+
+
 def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
   """(low, high) padding of 'SAME': output ceil(size / stride), extra at the high end."""
   out = -(-size // stride)
@@ -139,9 +144,20 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
   return total // 2, total - total // 2
 
 
+def conv_padding(size: int, kernel: int, stride: int, padding: str) -> Tuple[int, int]:
+  """(low, high) zeros that `padding` ('SAME' or 'VALID') adds to one side of the map."""
+  return same_padding(size, kernel, stride) if padding == "SAME" else (0, 0)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: str = "SAME") -> int:
+  """Side of a convolution's output map; 0 when a 'VALID' kernel does not fit."""
+  low, high = conv_padding(size, kernel, stride, padding)
+  return max((size + low + high - kernel) // stride + 1, 0)
+
+
 def im2col_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
-                stride: int) -> jax.Array:
-  """'SAME' convolution as k*k shifted slices concatenated on channels, one matmul.
+                stride: int, padding: str = "SAME") -> jax.Array:
+  """Convolution as k*k shifted slices concatenated on channels, one matmul.
 
   The same function as lax.conv_general_dilated (NHWC, HWIO); its gradients are
   a matmul plus slice-adds instead of XLA's convolution gradients, which run far
@@ -149,9 +165,11 @@ def im2col_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
   """
   b, h, w, c = x_BxHxWxC.shape
   k, f = kernel_KxKxCxF.shape[0], kernel_KxKxCxF.shape[-1]
-  (ht, hb), (wl, wr) = same_padding(h, k, stride), same_padding(w, k, stride)
+  (ht, hb), (wl, wr) = (conv_padding(h, k, stride, padding),
+                        conv_padding(w, k, stride, padding))
   x = jnp.pad(x_BxHxWxC, ((0, 0), (ht, hb), (wl, wr), (0, 0)))
-  oh, ow = -(-h // stride), -(-w // stride)
+  oh, ow = (conv_output_size(h, k, stride, padding),
+            conv_output_size(w, k, stride, padding))
   views = [x[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
            for i in range(k) for j in range(k)]  # row-major (i, j): matches HWIO
   patches_NxKKC = jnp.concatenate(views, axis=-1).reshape(b * oh * ow, k * k * c)
@@ -168,10 +186,10 @@ KERNEL_GRAD_CHUNK = 8
 
 
 def xla_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
-             stride: int) -> jax.Array:
-  """'SAME' convolution (NHWC, HWIO) as XLA's convolution op."""
+             stride: int, padding: str = "SAME") -> jax.Array:
+  """Convolution (NHWC, HWIO, 'SAME' or 'VALID') as XLA's convolution op."""
   return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxCxF, (stride, stride),
-                                      "SAME", dimension_numbers=_DIMENSIONS)
+                                      padding, dimension_numbers=_DIMENSIONS)
 
 
 def one_call_per_member(fn):
@@ -197,9 +215,9 @@ def one_call_per_member(fn):
   return call
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
-                     stride: int) -> jax.Array:
+                     stride: int, padding: str = "SAME") -> jax.Array:
   """`xla_conv` whose kernel gradient is summed over chunks of the batch.
 
   Forward and input gradient are XLA's; the kernel gradient is XLA's too, but
@@ -207,35 +225,36 @@ def xla_chunked_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
   runs several times faster than one kernel gradient over the whole batch.
   Under jax.vmap every piece runs once per member (`one_call_per_member`).
   """
-  return _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride)
+  return _conv_forward(x_BxHxWxC, kernel_KxKxCxF, stride, padding)
 
 
-def _conv_forward(x, kernel, stride):
-  return one_call_per_member(lambda x, k: xla_conv(x, k, stride))(x, kernel)
+def _conv_forward(x, kernel, stride, padding):
+  return one_call_per_member(lambda x, k: xla_conv(x, k, stride, padding))(x, kernel)
 
 
-def conv_input_grad(x, kernel, g, stride):
-  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride), x)
+def conv_input_grad(x, kernel, g, stride, padding="SAME"):
+  _, input_vjp = jax.vjp(lambda x: xla_conv(x, kernel, stride, padding), x)
   return input_vjp(g)[0]
 
 
-def chunked_kernel_grad(x, kernel, g, stride):
+def chunked_kernel_grad(x, kernel, g, stride, padding="SAME"):
   dkernel = jnp.zeros_like(kernel)
   for start in range(0, x.shape[0], KERNEL_GRAD_CHUNK):  # unrolled at trace time
     end = start + KERNEL_GRAD_CHUNK
-    _, kernel_vjp = jax.vjp(lambda k: xla_conv(x[start:end], k, stride), kernel)
+    _, kernel_vjp = jax.vjp(lambda k: xla_conv(x[start:end], k, stride, padding),
+                            kernel)
     dkernel = dkernel + kernel_vjp(g[start:end])[0]
   return dkernel
 
 
-def _chunked_conv_fwd(x, kernel, stride):
-  return _conv_forward(x, kernel, stride), (x, kernel)
+def _chunked_conv_fwd(x, kernel, stride, padding):
+  return _conv_forward(x, kernel, stride, padding), (x, kernel)
 
 
-def _chunked_conv_bwd(stride, residuals, g_BxOHxOWxF):
+def _chunked_conv_bwd(stride, padding, residuals, g_BxOHxOWxF):
   x, kernel = residuals
   per_member = lambda grad: one_call_per_member(
-      functools.partial(grad, stride=stride))(x, kernel, g_BxOHxOWxF)
+      functools.partial(grad, stride=stride, padding=padding))(x, kernel, g_BxOHxOWxF)
   return per_member(conv_input_grad), per_member(chunked_kernel_grad)
 
 
@@ -250,7 +269,8 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 class Conv(nn.Module):
-  """A square 'SAME' nn.Conv with a choice of implementation; same params, same function.
+  """A square nn.Conv ('SAME' or 'VALID') with a choice of implementation; same
+  params, same function.
 
   Parameters are `kernel` (k, k, C, F) and `bias` (F,) with nn.Conv's
   initialisers, so checkpoints and seeds carry over between `impl`s.
@@ -260,6 +280,7 @@ class Conv(nn.Module):
   kernel_size: int
   stride: int = 1
   impl: str = "xla"
+  padding: str = "SAME"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -269,12 +290,13 @@ class Conv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                       jnp.float32)
     impl = resolve_conv_impl(self.impl)
+    args = (x_BxHxWxC, kernel, self.stride, self.padding)
     if impl == "xla":
-      y = xla_conv(x_BxHxWxC, kernel, self.stride)
+      y = xla_conv(*args)
     elif impl == "im2col":
-      y = im2col_conv(x_BxHxWxC, kernel, self.stride)
+      y = im2col_conv(*args)
     elif impl == "xla_chunked":
-      y = xla_chunked_conv(x_BxHxWxC, kernel, self.stride)
+      y = xla_chunked_conv(*args)
     else:
       raise UserError(f"unknown conv_impl {self.impl!r}: use one of "
                       f"{', '.join(CONV_IMPLS)}.")
