@@ -17,6 +17,7 @@ def get_config():
       features=(32, 64, 128),
       kernel_sizes=(3, 3, 3),
       strides=(1, 1, 1),
+      padding="same",  # same | valid (no zeros: a k x k kernel shrinks the map by k - 1)
       activations=("relu", "relu", "relu"),
       pooling=("max", "max", "max"),  # max | avg | none, per stage
       pool_size=2,

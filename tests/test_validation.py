@@ -10,6 +10,7 @@ from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
 from mnist_jax.engine.loop import train_and_evaluate
 
 from test_train_state_extras import make_config, noise_split
+from configs import cnn as cnn_config
 
 
 def numbered_split(n):
@@ -59,6 +60,15 @@ def test_keys_added_to_base_config_later_do_not_refuse_an_old_run():
   assert run_dir.config_differences(old, new) == []
   new["ema_decay"] = 0.5
   assert run_dir.config_differences(old, new) == ["ema_decay: (absent) -> 0.5"]
+
+
+def test_a_model_key_added_later_does_not_refuse_an_old_run():
+  new = run_dir.config_as_dict(cnn_config.get_config())
+  old = dict(new, model={k: v for k, v in new["model"].items() if k != "padding"})
+  assert new["model"]["padding"] == "same"
+  assert run_dir.config_differences(old, new) == []
+  new["model"]["padding"] = "valid"
+  assert run_dir.config_differences(old, new) == ["model.padding: (absent) -> valid"]
 
 
 def test_best_val_run_keeps_and_reports_the_best_validation_epoch(tmp_path):

@@ -24,6 +24,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 MAX_SEED = 2**32 - 1
 
 
+# Model keys added to the config files after runs were saved, each with the
+# value that keeps those runs' behaviour: a saved config.json without one
+# describes the same run (core/run_dir.config_differences).
+ADDED_MODEL_DEFAULTS = {"padding": "same"}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Training settings common to all models (the model block is left to callers)."""
   config = ml_collections.ConfigDict()

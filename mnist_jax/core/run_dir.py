@@ -92,15 +92,18 @@ def _flatten(tree: Dict, prefix: str = "") -> Dict:
 
 
 def _base_defaults() -> Dict:
-  return _flatten(config_as_dict(config_lib.base_config()))
+  defaults = _flatten(config_as_dict(config_lib.base_config()))
+  defaults.update({f"model.{key}": value
+                   for key, value in config_lib.ADDED_MODEL_DEFAULTS.items()})
+  return defaults
 
 
 def config_differences(saved: Dict, new: Dict) -> List[str]:
   """'key: saved -> new' for every leaf that differs, missing ones included.
 
   A key the saved config lacks but whose new value is base_config's default
-  is no difference: it was added to base_config after the run was saved, and
-  its default keeps the old behaviour.
+  (or, for the model, config.ADDED_MODEL_DEFAULTS') is no difference: it was
+  added after the run was saved, and its default keeps the old behaviour.
   """
   a, b = _flatten(saved), _flatten(new)
   defaults = _base_defaults()
