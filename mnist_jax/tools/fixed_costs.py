@@ -31,16 +31,15 @@ from __future__ import annotations
 import csv
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
+from mnist_jax.tools.timed_process import run_timed
 
 IMAGE = os.path.join("examples", "digits", "digit3_300x300.png")
 COLUMNS = ["checkout", "command", "cache", "wall_s", "cpu_s", "compile_s", "epochs_s",
@@ -60,19 +59,11 @@ def parse_checkouts(text: str) -> List[Tuple[str, str]]:
 
 
 def run_command(checkout: str, args: Sequence[str], cache: str) -> Tuple[float, float, str]:
-  """(wall s, CPU s, stdout) of `python -m mnist_jax ARGS` in `checkout`."""
+  """(wall s, CPU s, output) of `python -m mnist_jax ARGS` in `checkout`."""
   env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout),
              JAX_COMPILATION_CACHE_DIR=cache)
-  before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-  result = subprocess.run([sys.executable, "-m", "mnist_jax", *args], cwd=checkout,
-                          env=env, capture_output=True, text=True, check=False)
-  wall = time.perf_counter() - start
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  if result.returncode:
-    raise UserError(f"`{' '.join(args)}` failed in {checkout}: "
-                    f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
-  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-  return wall, cpu, result.stdout
+  timed = run_timed([sys.executable, "-m", "mnist_jax", *args], checkout, env)
+  return timed.wall_s, timed.cpu_s, timed.output
 
 
 def split_train_time(stdout: str, workdir: str, wall: float) -> Dict[str, float]:

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.config import REPO_ROOT
 from mnist_jax.core.errors import UserError
+from mnist_jax.tools.timed_process import run_timed
 
 TARGET_ACCURACY = 0.99
 FINAL_LINE = "final test accuracy"  # what `train` prints last (cli/runs.py)
@@ -51,26 +49,12 @@ def train_command(config: str, workdir: str, overrides: Sequence[str],
   return argv + [f"--config.{o}" for o in overrides]
 
 
-def run_timed(argv: List[str]) -> Tuple[float, float]:
-  """Runs `argv`: (seconds from its start to its first FINAL_LINE on stdout,
-  CPU seconds of the whole process, user + sys: less inflated than wall time
-  on a busy machine). A failing command raises UserError with its last line."""
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+def time_train(argv: List[str]) -> Tuple[float, float]:
+  """(seconds from the start of `argv` to its FINAL_LINE, CPU seconds)."""
+  env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-  before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-  finished, last = None, ""
-  with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        text=True, cwd=REPO_ROOT, env=env) as proc:
-    for line in proc.stdout:
-      if line.strip():
-        last = line.strip()
-      if finished is None and FINAL_LINE in line:
-        finished = time.perf_counter() - start
-  if proc.returncode != 0 or finished is None:
-    raise UserError(f"`{' '.join(argv[1:])}` failed (exit status {proc.returncode}): "
-                    f"{last}")
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return finished, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  timed = run_timed(argv, REPO_ROOT, env, marker=FINAL_LINE)
+  return timed.marker_s, timed.cpu_s
 
 
 def seed_result(workdir: str) -> Dict:
@@ -145,7 +129,7 @@ def run(seeds: Sequence[int], out: str = "runs/speedrun",
     workdir = os.path.join(out, f"seed{seed}")
     argv = train_command(config_path, workdir, overrides, seed=seed)
     load = os.getloadavg()[0]
-    end_to_end, cpu = run_timed(argv)
+    end_to_end, cpu = time_train(argv)
     row = dict(seed=seed, end_to_end_s=end_to_end, cpu_s=cpu, load_1min=load,
                **seed_result(workdir))
     print(f"seed {seed}: test accuracy {row['test_accuracy']:.4f}, training "
@@ -172,7 +156,7 @@ def run(seeds: Sequence[int], out: str = "runs/speedrun",
 def _run_group(seeds, out, config, config_path, overrides, separate) -> Dict:
   workdir = os.path.join(out, "group")
   listed = ",".join(map(str, seeds))
-  end_to_end, cpu = run_timed(train_command(config_path, workdir, overrides, seeds=listed))
+  end_to_end, cpu = time_train(train_command(config_path, workdir, overrides, seeds=listed))
   group = [seed_result(os.path.join(workdir, f"seed{s}")) for s in seeds]
   return {"command": _shown(train_command(config, workdir, overrides, seeds=listed)),
           "end_to_end_s": end_to_end, "cpu_s": cpu, "train_s": group[0]["train_s"],
