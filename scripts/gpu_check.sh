@@ -6,8 +6,7 @@
 #    same seeds as one vmapped program), 3. one quick study (kernel_size).
 # Writes OUTDIR/summary.md: the device (jax.devices()), each part's exit status
 # and wall time, and its numbers. Runs unchanged on a CPU. GPU_CHECK_TINY=1 is
-# a tiny form (few steps, 1 seed on 1,000 images, the study's seeds vmapped)
-# for tests/test_gpu_check.py.
+# a tiny form (few steps, 1 seed on 1,000 images) for tests/test_gpu_check.py.
 # A failing part is recorded in the summary and the others still run; the exit
 # status is then 1. Set PYTHON to choose the interpreter (default: python).
 set -uo pipefail
@@ -26,14 +25,10 @@ if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
   BENCH=(--configs configs/mlp.py --rounds 1 --steps 1)
   SPEED=(--seeds 0 --set num_epochs=1 --set "data.train_split=train[:1000]"
          --set "data.test_split=test[:500]")
-  # Each point's 2 seeds as one program: half the compiles, which are most of
-  # a --quick study's time on a CPU.
-  STUDY=(--vmap_seeds)
 else
   BENCH=(--configs configs/mlp.py,configs/cnn.py,configs/speedrun.py --rounds 5
          --steps 20 --seeds 4)
   SPEED=(--seeds 0,1,2,3,4 --group)
-  STUDY=()
 fi
 # The help text is read whole first: `grep -q` on a pipe may end it early and,
 # under pipefail, fail the test though the flag is there.
@@ -58,7 +53,7 @@ part() {  # part NAME COMMAND...: runs it, output to OUT/NAME.log
 
 part benchmark "$PY" -m mnist_jax benchmark "${BENCH[@]}" --out "$OUT/benchmark.csv"
 part speedrun "$PY" -m mnist_jax speedrun "${SPEED[@]}" --out "$OUT/speedrun"
-part study "$PY" -m mnist_jax study kernel_size --quick "${STUDY[@]}" --out "$OUT/study"
+part study "$PY" -m mnist_jax study kernel_size --quick --out "$OUT/study"
 
 "$PY" - "$OUT" <<'EOF'
 import csv, glob, os, sys, time

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mnist_jax.tools.benchmark import print_table
 from mnist_jax.core.config import load_config_file
-from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
+from mnist_jax.core.models.cnn import INPUT_SIZE, conv_padding_of, feature_map_sizes
 from mnist_jax.core.models.layers import (chunked_kernel_grad, conv_input_grad,
                                           conv_output_size, max_of_views, pool,
                                           xla_conv)
@@ -51,7 +51,7 @@ def xla_kernel_grad(x, kernel, g, stride, padding="SAME"):
 def conv_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
   rows, size, channels = [], INPUT_SIZE, 1
   sizes = feature_map_sizes(model_cfg)
-  p = model_cfg.get("padding", "same").upper()
+  p = conv_padding_of(model_cfg)
   for i, (features, k, s) in enumerate(zip(model_cfg.features, model_cfg.kernel_sizes,
                                             model_cfg.strides)):
     out = conv_output_size(size, k, s, p)
@@ -86,7 +86,7 @@ def pool_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
       "ours: views, shares interleaved": lambda x: pool(x, "max", 2),
   }
   rows, size = [], INPUT_SIZE
-  p = model_cfg.get("padding", "same").upper()
+  p = conv_padding_of(model_cfg)
   for i, (features, k, s, kind) in enumerate(zip(
       model_cfg.features, model_cfg.kernel_sizes, model_cfg.strides, model_cfg.pooling)):
     size = conv_output_size(size, k, s, p)

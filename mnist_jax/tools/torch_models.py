@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mnist_jax.core.errors import UserError
-from mnist_jax.core.models.cnn import INPUT_SIZE, feature_map_sizes
+from mnist_jax.core.models.cnn import INPUT_SIZE, conv_padding_of, feature_map_sizes
 from mnist_jax.core.models.layers import conv_padding
 
 # flax's gelu is the tanh approximation.
@@ -76,7 +76,7 @@ def _cnn(cfg: ml_collections.ConfigDict) -> nn.Sequential:
   for feat, k, s, act, kind, out_size in zip(
       cfg.features, cfg.kernel_sizes, cfg.strides, cfg.activations, cfg.pooling,
       feature_map_sizes(cfg), strict=True):
-    low, high = conv_padding(size, k, s, cfg.get("padding", "same").upper())
+    low, high = conv_padding(size, k, s, conv_padding_of(cfg))
     if low != high:  # asymmetric: Conv2d pads both sides alike
       layers.append(nn.ZeroPad2d((low, high, low, high)))
       low = 0

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from mnist_jax.core.config import ADDED_MODEL_DEFAULTS
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import (CONV_IMPLS, POOLINGS, Conv, activation,
@@ -83,7 +84,7 @@ def feature_map_sizes(cfg: ml_collections.ConfigDict,
   kernel floor((n - k) / s) + 1; non-overlapping pooling with window p gives
   floor(n / p).
   """
-  sizes, n, padding = [], input_size, cfg.get("padding", "same").upper()
+  sizes, n, padding = [], input_size, conv_padding_of(cfg)
   for i, (k, s, kind) in enumerate(zip(cfg.kernel_sizes, cfg.strides, cfg.pooling),
                                    start=1):
     previous, n = n, conv_output_size(n, k, s, padding)
@@ -109,8 +110,14 @@ CONV_TYPES = ("conv", "local")
 PADDINGS = ("same", "valid")
 
 
+def conv_padding_of(cfg: ml_collections.ConfigDict) -> str:
+  """The CNN config's padding as lax spells it ('SAME' | 'VALID'); configs
+  saved before the key existed are 'same' (config.ADDED_MODEL_DEFAULTS)."""
+  return cfg.get("padding", ADDED_MODEL_DEFAULTS["padding"]).upper()
+
+
 def _validate(cfg: ml_collections.ConfigDict) -> None:
-  if cfg.get("padding", "same") not in PADDINGS:
+  if cfg.get("padding", ADDED_MODEL_DEFAULTS["padding"]) not in PADDINGS:
     raise UserError(f"config.model.padding = {cfg.padding!r}: use one of "
                     f"{', '.join(PADDINGS)}.")
   if cfg.get("conv_type", "conv") not in CONV_TYPES:
@@ -154,5 +161,4 @@ def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
              # Runs saved before conv_impl existed have no such key.
              conv_impl=cfg.get("conv_impl", "xla"),
              batch_norm=cfg.get("batch_norm", False),
-             # Configs written before padding existed have no such key.
-             padding=cfg.get("padding", "same"))
+             padding=conv_padding_of(cfg).lower())

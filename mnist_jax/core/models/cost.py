@@ -21,7 +21,7 @@ import ml_collections
 
 from mnist_jax.core.data import IMAGE_SHAPE
 from mnist_jax.core.models import build_model, layers
-from mnist_jax.core.models.cnn import feature_map_sizes, INPUT_SIZE
+from mnist_jax.core.models.cnn import conv_padding_of, feature_map_sizes, INPUT_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def sharing_rows(cnn_config: ml_collections.ConfigDict) -> List[Dict]:
   """
   rows, n_in, c_in = [], INPUT_SIZE, IMAGE_SHAPE[-1]
   pooled = feature_map_sizes(cnn_config)
-  padding = cnn_config.get("padding", "same").upper()
+  padding = conv_padding_of(cnn_config)
   for i, (c_out, k, s) in enumerate(zip(cnn_config.features, cnn_config.kernel_sizes,
                                         cnn_config.strides)):
     n_out = layers.conv_output_size(n_in, k, s, padding)
