@@ -8,6 +8,10 @@ import pathlib
 
 import pytest
 
+# Sets XLA:CPU's convolution flag (runtime.use_eigen_cpu_convolutions) before
+# any test starts a JAX backend, as the CLI's processes do.
+import mnist_jax  # noqa: F401
+
 # TensorFlow is only a tfds reader here: keep it quiet and off oneDNN.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

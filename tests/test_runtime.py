@@ -1,6 +1,16 @@
 """XLA flags set before JAX starts."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
 from mnist_jax.core import runtime
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_gpu_determinism_is_added_to_xla_flags_and_can_be_off(monkeypatch):
@@ -17,3 +27,86 @@ def test_a_value_already_in_xla_flags_wins(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
   runtime.set_gpu_determinism(True)
   assert runtime.os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+
+
+def test_eigen_convolutions_are_added_to_xla_flags(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  runtime.use_eigen_cpu_convolutions()
+  assert runtime.os.environ["XLA_FLAGS"] == (
+      "--xla_force_host_platform_device_count=2 "
+      "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+
+
+def test_a_ynn_setting_already_in_xla_flags_wins(monkeypatch):
+  mine = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+  monkeypatch.setenv("XLA_FLAGS", mine)
+  runtime.use_eigen_cpu_convolutions()
+  assert runtime.os.environ["XLA_FLAGS"] == mine
+
+
+@pytest.mark.parametrize("version", ["0.9.2", "0.4.35", "unknown"])
+def test_jaxlib_without_the_flag_is_left_alone(monkeypatch, version):
+  # XLA stops the process at a flag it does not know.
+  from importlib import metadata
+  monkeypatch.setattr(metadata, "version", lambda name: version)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  runtime.use_eigen_cpu_convolutions()
+  assert "XLA_FLAGS" not in runtime.os.environ
+
+
+# The speedrun's two convolutions ('valid', 5x5 on one channel, 3x3 on 24) and the
+# default CNN's ('same'), through the model, as a training step sees them: logits
+# and every parameter's gradient on a fixed batch. Prints them as one .npz path.
+GRADIENTS_SCRIPT = r"""
+import re, sys
+import mnist_jax
+import jax, jax.numpy as jnp, numpy as np, optax
+from mnist_jax.core import config as config_lib
+from mnist_jax.core.models import build_model
+config = config_lib.load_config_file(sys.argv[1])
+model = build_model(config.model)
+images = jax.random.uniform(jax.random.PRNGKey(1), (16, 28, 28, 1))
+labels = jnp.arange(16) % 10
+variables = model.init(jax.random.PRNGKey(0), images, train=False)
+def loss(params):
+  logits, _ = model.apply(dict(variables, params=params), images, train=True,
+                          mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)})
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+(_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+hlo = jax.jit(jax.grad(lambda p: loss(p)[0])).lower(variables["params"]).compile().as_text()
+ynn_bodies = set(re.findall(r"calls=(%[^,\s]+)[^\n]*__ynn_fusion", hlo))
+convs_in_ynn = sum(block.count(" convolution(") for block in hlo.split("\n\n")
+                   if block.split(" ", 1)[0] in ynn_bodies)
+flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+        jax.tree_util.tree_leaves_with_path(grads)}
+np.savez(sys.argv[2], logits=np.asarray(logits), convs_in_ynn=convs_in_ynn, **flat)
+"""
+
+
+def gradients_in_a_fresh_process(config_path, out, xla_flags):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  result = subprocess.run([sys.executable, "-c", GRADIENTS_SCRIPT, config_path, str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return dict(np.load(out))
+
+
+@pytest.mark.parametrize("config_path", ["configs/speedrun.py", "configs/cnn.py"])
+def test_eigen_convolutions_compute_what_ynnpacks_do(tmp_path, config_path):
+  """`import mnist_jax` compiles no convolution into a YNNPACK fusion, and the
+  logits and gradients equal those of YNNPACK's convolutions (XLA's default) up
+  to float rounding: the same function, summed in another order."""
+  eigen = gradients_in_a_fresh_process(config_path, tmp_path / "eigen.npz", None)
+  ynn = gradients_in_a_fresh_process(
+      config_path, tmp_path / "ynn.npz", f"{runtime.YNN_FUSION_FLAG}=+individual_convolution")
+  assert eigen.pop("convs_in_ynn") == 0
+  assert ynn.pop("convs_in_ynn") > 0
+  assert eigen.keys() == ynn.keys()
+  for name in eigen:
+    scale = np.abs(ynn[name]).max()
+    # + 1e-6: a convolution's bias before batch norm has a gradient of rounding
+    # noise (~1e-7), which the norm subtracts again.
+    np.testing.assert_allclose(eigen[name], ynn[name], rtol=0, atol=1e-5 * scale + 1e-6,
+                               err_msg=name)

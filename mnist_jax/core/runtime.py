@@ -9,11 +9,16 @@ first compile.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Optional
 
 from mnist_jax.core.errors import UserError
 
 GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# XLA:CPU's own (Eigen) convolutions instead of YNNPACK's; measured for jaxlib 0.10.
+EIGEN_CPU_CONVOLUTIONS = f"{YNN_FUSION_FLAG}=-individual_convolution"
 CACHE_DIR_ENV = "MNIST_JAX_CACHE_DIR"
 COMPILATION_CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"  # "0": off
 
@@ -64,6 +69,47 @@ def set_gpu_determinism(enabled: bool) -> None:
     return
   value = "true" if enabled else "false"
   os.environ["XLA_FLAGS"] = f"{flags} {GPU_DETERMINISTIC_FLAG}={value}".strip()
+
+
+def use_eigen_cpu_convolutions() -> None:
+  """Asks XLA:CPU for its Eigen convolutions rather than YNNPACK's, before JAX starts.
+
+  On this project's CPU (jaxlib 0.10.2) YNNPACK ran these small-image
+  convolutions at a fraction of Eigen's speed (the speedrun's 12x12x24->32
+  forward 4.6 ms against 1.5 ms; a training step of the default CNN +38-45%,
+  of the speedrun +13-45%, evaluation about 2x: docs/performance.md, "Eigen's
+  convolutions on the CPU"). YNNPACK keeps the dots, elementwise ops and
+  reductions. The same function summed in another order, so the bits differ
+  from a run compiled with YNNPACK's convolutions.
+
+  `import mnist_jax` calls this, so every entry point (the CLI, the tests, Ray
+  workers, a notebook) compiles the same kernels and a run gives the same bits
+  wherever it is resumed or evaluated. A value already in XLA_FLAGS wins:
+  `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
+  gives XLA's default (YNNPACK's convolutions, as every run before this change
+  was compiled). Older jaxlib builds, which do not know the flag (XLA stops a
+  process at an unknown flag), are left alone, as are GPU and TPU backends,
+  which ignore it.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if YNN_FUSION_FLAG in flags or not _jaxlib_has_ynn_flag():
+    return
+  os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CPU_CONVOLUTIONS}".strip()
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  if bridge is not None and bridge.backends_are_initialized():
+    warnings.warn("JAX started its backends before mnist_jax was imported, so its CPU "
+                  "convolutions stay YNNPACK's (slower here, other bits than the "
+                  "CLI's runs): import mnist_jax before using JAX.", stacklevel=3)
+
+
+def _jaxlib_has_ynn_flag() -> bool:
+  """jaxlib >= 0.10 (read from the package metadata: jaxlib is not imported)."""
+  from importlib import metadata
+  try:
+    major, minor = (int(part) for part in metadata.version("jaxlib").split(".")[:2])
+  except (metadata.PackageNotFoundError, ValueError):
+    return False
+  return (major, minor) >= (0, 10)
 
 
 def init_multihost(coordinator_address: Optional[str] = None,
