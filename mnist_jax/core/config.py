@@ -112,7 +112,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.optimizer.learning_rate = "
                     f"{config.optimizer.learning_rate}: it must be positive.")
   for beta in ("b1", "b2"):
-    value = config.optimizer.get(beta, 0.9)
+    value = config.optimizer[beta]
     if not 0.0 <= value < 1.0:
       raise UserError(f"config.optimizer.{beta} = {value}: Adam's decay rates "
                       "must lie in [0, 1).")

@@ -42,8 +42,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   """The optimiser `cfg.name` driven by `schedule`."""
   if cfg.name == "sgd":
     return optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
-  # Configs saved before b1 and b2 existed have optax's defaults, 0.9 and 0.999.
-  betas = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
+  # Configs saved before b1 and b2 existed read base_config's (optax's) defaults
+  # through config.from_saved.
+  betas = dict(b1=cfg.b1, b2=cfg.b2)
   if cfg.name == "adam":
     return optax.adam(schedule, **betas)
   if cfg.name == "adamw":

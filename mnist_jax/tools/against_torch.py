@@ -47,7 +47,7 @@ def check_twin(config: ml_collections.ConfigDict) -> None:
 
 def torch_optimizer(cfg: ml_collections.ConfigDict, params) -> torch.optim.Optimizer:
   """optax's `make_optimizer(cfg)` in PyTorch (the same betas; eps is 1e-8 in both)."""
-  betas = (cfg.get("b1", 0.9), cfg.get("b2", 0.999))
+  betas = (cfg.b1, cfg.b2)
   if cfg.name == "adam":
     return torch.optim.Adam(params, lr=cfg.learning_rate, betas=betas)
   if cfg.name == "adamw":
