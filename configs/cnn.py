@@ -18,6 +18,7 @@ def get_config():
       kernel_sizes=(3, 3, 3),
       strides=(1, 1, 1),
       padding="same",  # same | valid (no zeros: a k x k kernel shrinks the map by k - 1)
+      pool_before_norm=False,  # True: each stage conv -> pool -> norm -> activation
       activations=("relu", "relu", "relu"),
       pooling=("max", "max", "max"),  # max | avg | none, per stage
       pool_size=2,

@@ -70,6 +70,54 @@ def test_valid_padding_shrinks_each_map_by_the_kernel_less_one():
   assert model.apply({"params": params}, MNIST_BATCH).shape == (4, 10)
 
 
+def speedrun_like(**changes):
+  cfg = cnn_config.get_config().model
+  cfg.update(features=(8, 16), kernel_sizes=(5, 3), strides=(1, 1),
+             activations=("relu", "relu"), pooling=("max", "max"),
+             dense_features=(32,), padding="valid", dropout_rate=0.0, **changes)
+  return cfg
+
+
+def test_pool_before_norm_without_batch_norm_is_the_same_function():
+  """Max pooling and ReLU commute, so without batch norm the order changes no
+  value: the same logits, bit for bit, from the same parameters."""
+  images = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  model, params = init(speedrun_like())
+  reordered = build_model(speedrun_like(pool_before_norm=True))
+  np.testing.assert_array_equal(model.apply({"params": params}, images),
+                                reordered.apply({"params": params}, images))
+
+
+def test_pool_before_norm_normalises_the_pooled_map():
+  """With batch norm, each stage is conv -> 2x2 max pool -> norm -> ReLU: the
+  first norm's batch statistics are those of the pooled 12x12 map."""
+  images = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  cfg = speedrun_like(batch_norm=True, pool_before_norm=True)
+  model = build_model(cfg)
+  variables = model.init(jax.random.key(0), images)
+  _, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  conv0 = variables["params"]["conv0"]
+  maps = jax.lax.conv_general_dilated(images, conv0["kernel"], (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  pooled = max_of_views(maps + conv0["bias"], 2)
+  assert pooled.shape == (4, 12, 12, 8)
+  momentum = 0.9  # layers.batch_norm: running = 0.9 * running + 0.1 * batch, from 0
+  np.testing.assert_allclose(updated["batch_stats"]["bn0"]["mean"],
+                             (1 - momentum) * pooled.mean(axis=(0, 1, 2)), rtol=1e-4,
+                             atol=1e-7)
+  # In training (batch statistics) the two orders are different functions.
+  default_order = build_model(speedrun_like(batch_norm=True))
+  train_logits = lambda m: m.apply(variables, images, train=True, mutable=["batch_stats"])[0]
+  assert not np.allclose(train_logits(model), train_logits(default_order), atol=1e-3)
+
+
+def test_configs_saved_before_pool_before_norm_keep_the_old_order():
+  saved = speedrun_like(batch_norm=True).to_dict()
+  del saved["pool_before_norm"]  # as in a config.json written before the key
+  cfg = ml_collections.ConfigDict(saved)
+  assert build_model(cfg).pool_before_norm is False
+
+
 def test_valid_kernel_larger_than_the_map_and_unknown_padding_are_rejected():
   cfg = cnn_config.get_config().model
   cfg.update(kernel_sizes=(5, 5, 5), padding="valid")  # 28 -> 24 -> 12 -> 8 -> 4 -> 0

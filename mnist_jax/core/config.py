@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1
 # Model keys added to the config files after runs were saved, each with the
 # value that keeps those runs' behaviour: a saved config.json without one
 # describes the same run (core/run_dir.config_differences).
-ADDED_MODEL_DEFAULTS = {"padding": "same"}
+ADDED_MODEL_DEFAULTS = {"padding": "same", "pool_before_norm": False}
 
 
 def base_config() -> ml_collections.ConfigDict:

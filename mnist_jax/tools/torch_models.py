@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from mnist_jax.core.errors import UserError
-from mnist_jax.core.models.cnn import INPUT_SIZE, conv_padding_of, feature_map_sizes
+from mnist_jax.core.models.cnn import (INPUT_SIZE, conv_padding_of, feature_map_sizes,
+                                       pool_before_norm_of)
 from mnist_jax.core.models.layers import conv_padding
 
 # flax's gelu is the tanh approximation.
@@ -81,10 +82,11 @@ def _cnn(cfg: ml_collections.ConfigDict) -> nn.Sequential:
       layers.append(nn.ZeroPad2d((low, high, low, high)))
       low = 0
     layers.append(nn.Conv2d(channels, feat, k, stride=s, padding=low))
-    layers += _batch_norm(cfg, nn.BatchNorm2d, feat) + [_activation(act)]
+    norm_act = _batch_norm(cfg, nn.BatchNorm2d, feat) + [_activation(act)]
+    pooling = []
     if kind != "none" and cfg.pool_size > 1:
-      pool = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
-      layers.append(pool(cfg.pool_size, cfg.pool_size))
+      pooling = [(nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(cfg.pool_size, cfg.pool_size)]
+    layers += pooling + norm_act if pool_before_norm_of(cfg) else norm_act + pooling
     channels, size = feat, out_size
   layers.append(nn.Flatten())
   width = channels * size * size
