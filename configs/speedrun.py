@@ -16,9 +16,10 @@ batch 128, one epoch on the 60,000 training images (no test-set stopping or
 selection: the schedule is fixed and the only epoch is reported). The
 network, the 'valid' convolutions, Adam's rates and the one-cycle peak are
 those of tuomaso/train_mnist_fast (99.04% mean over 30 seeds in one epoch on
-a GPU, batch 256); the 24 channels of the first convolution also put it on
-XLA:CPU's fast YNNPACK path (it takes a convolution with more than 16
-channels on a side). Recipe choices are made on a validation split (the last
+a GPU, batch 256). (Its 24 channels were also chosen to put the first
+convolution on XLA:CPU's YNNPACK path; since the eighth session the project
+compiles Eigen's convolutions instead, faster here for every layer but this
+one: docs/performance.md.) Recipe choices are made on a validation split (the last
 5,000 training images held out, config.data.validation_size), never on test
 accuracy; seeds 0 and 1, one epoch, measured 2026-11-30:
 

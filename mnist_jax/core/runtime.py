@@ -76,9 +76,9 @@ def use_eigen_cpu_convolutions() -> None:
 
   On this project's CPU (jaxlib 0.10.2) YNNPACK ran these small-image
   convolutions at a fraction of Eigen's speed (the speedrun's 12x12x24->32
-  forward 4.6 ms against 1.5 ms; a training step of the default CNN +38-45%,
-  of the speedrun +13-45%, evaluation about 2x: docs/performance.md, "Eigen's
-  convolutions on the CPU"). YNNPACK keeps the dots, elementwise ops and
+  forward 4.6 ms against 1.5 ms; a training step of the default CNN +41-65%,
+  of the speedrun +37-41%, evaluation 1.7-1.9x: docs/performance.md,
+  "Eigen's convolutions on the CPU"). YNNPACK keeps the dots, elementwise ops and
   reductions. The same function summed in another order, so the bits differ
   from a run compiled with YNNPACK's convolutions.
 
