@@ -56,54 +56,60 @@ def test_jaxlib_without_the_flag_is_left_alone(monkeypatch, version):
 
 # The speedrun's two convolutions ('valid', 5x5 on one channel, 3x3 on 24) and the
 # default CNN's ('same'), through the model, as a training step sees them: logits
-# and every parameter's gradient on a fixed batch. Prints them as one .npz path.
+# and every parameter's gradient on a fixed batch, and how many convolutions the
+# compiled step put into YNNPACK fusions; one .npz for all the configs named.
 GRADIENTS_SCRIPT = r"""
 import re, sys
 import mnist_jax
 import jax, jax.numpy as jnp, numpy as np, optax
 from mnist_jax.core import config as config_lib
 from mnist_jax.core.models import build_model
-config = config_lib.load_config_file(sys.argv[1])
-model = build_model(config.model)
+out, config_paths = sys.argv[1], sys.argv[2:]
 images = jax.random.uniform(jax.random.PRNGKey(1), (16, 28, 28, 1))
 labels = jnp.arange(16) % 10
-variables = model.init(jax.random.PRNGKey(0), images, train=False)
-def loss(params):
-  logits, _ = model.apply(dict(variables, params=params), images, train=True,
-                          mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)})
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
-(_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-hlo = jax.jit(jax.grad(lambda p: loss(p)[0])).lower(variables["params"]).compile().as_text()
-ynn_bodies = set(re.findall(r"calls=(%[^,\s]+)[^\n]*__ynn_fusion", hlo))
-convs_in_ynn = sum(block.count(" convolution(") for block in hlo.split("\n\n")
-                   if block.split(" ", 1)[0] in ynn_bodies)
-flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
-        jax.tree_util.tree_leaves_with_path(grads)}
-np.savez(sys.argv[2], logits=np.asarray(logits), convs_in_ynn=convs_in_ynn, **flat)
+arrays = {}
+for path in config_paths:
+  model = build_model(config_lib.load_config_file(path).model)
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  def loss(params):
+    logits, _ = model.apply(dict(variables, params=params), images, train=True,
+                            mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+  step = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(variables["params"]).compile()
+  (_, logits), grads = step(variables["params"])
+  hlo = step.as_text()
+  ynn_bodies = set(re.findall(r"calls=(%[^,\s]+)[^\n]*__ynn_fusion", hlo))
+  arrays[path + " convs_in_ynn"] = sum(block.count(" convolution(") for block in hlo.split("\n\n")
+                                       if block.split(" ", 1)[0] in ynn_bodies)
+  arrays[path + " logits"] = np.asarray(logits)
+  for key, leaf in jax.tree_util.tree_leaves_with_path(grads):
+    arrays[path + " " + jax.tree_util.keystr(key)] = np.asarray(leaf)
+np.savez(out, **arrays)
 """
+CONFIGS = ["configs/speedrun.py", "configs/cnn.py"]
 
 
-def gradients_in_a_fresh_process(config_path, out, xla_flags):
+def gradients_in_a_fresh_process(out, xla_flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   if xla_flags:
     env["XLA_FLAGS"] = xla_flags
-  result = subprocess.run([sys.executable, "-c", GRADIENTS_SCRIPT, config_path, str(out)],
+  result = subprocess.run([sys.executable, "-c", GRADIENTS_SCRIPT, str(out), *CONFIGS],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   return dict(np.load(out))
 
 
-@pytest.mark.parametrize("config_path", ["configs/speedrun.py", "configs/cnn.py"])
-def test_eigen_convolutions_compute_what_ynnpacks_do(tmp_path, config_path):
+def test_eigen_convolutions_compute_what_ynnpacks_do(tmp_path):
   """`import mnist_jax` compiles no convolution into a YNNPACK fusion, and the
   logits and gradients equal those of YNNPACK's convolutions (XLA's default) up
   to float rounding: the same function, summed in another order."""
-  eigen = gradients_in_a_fresh_process(config_path, tmp_path / "eigen.npz", None)
+  eigen = gradients_in_a_fresh_process(tmp_path / "eigen.npz", None)
   ynn = gradients_in_a_fresh_process(
-      config_path, tmp_path / "ynn.npz", f"{runtime.YNN_FUSION_FLAG}=+individual_convolution")
-  assert eigen.pop("convs_in_ynn") == 0
-  assert ynn.pop("convs_in_ynn") > 0
+      tmp_path / "ynn.npz", f"{runtime.YNN_FUSION_FLAG}=+individual_convolution")
   assert eigen.keys() == ynn.keys()
+  for path in CONFIGS:
+    assert eigen.pop(path + " convs_in_ynn") == 0, path
+    assert ynn.pop(path + " convs_in_ynn") > 0, path
   for name in eigen:
     scale = np.abs(ynn[name]).max()
     # + 1e-6: a convolution's bias before batch norm has a gradient of rounding
