@@ -11,17 +11,18 @@ vmapped program: see docs/performance.md for how that compares.)
 conv24(5x5, 'valid')-maxpool-conv32(3x3, 'valid')-maxpool-dense256-dense10,
 ReLU, batch norm after each pooling (each stage conv -> pool -> norm -> ReLU:
 model.pool_before_norm, so the norm runs on the pooled map, a quarter of the
-values) and after the hidden dense layer, no dropout; Adam (b1 0.7, b2 0.9) with a one-cycle schedule peaking at 1e-2,
-batch 128, one epoch on the 60,000 training images (no test-set stopping or
-selection: the schedule is fixed and the only epoch is reported). The
+values) and after the hidden dense layer, no dropout; Adam (b1 0.7, b2 0.9)
+with a one-cycle schedule peaking at 1e-2, batch 128, one epoch on the 60,000
+training images (no test-set stopping or selection: the schedule is fixed and
+the only epoch is reported). The
 network, the 'valid' convolutions, Adam's rates and the one-cycle peak are
 those of tuomaso/train_mnist_fast (99.04% mean over 30 seeds in one epoch on
 a GPU, batch 256). (Its 24 channels were also chosen to put the first
 convolution on XLA:CPU's YNNPACK path; since the eighth session the project
-compiles Eigen's convolutions instead, faster here for every layer but this
-one: docs/performance.md.) Recipe choices are made on a validation split (the last
-5,000 training images held out, config.data.validation_size), never on test
-accuracy; seeds 0 and 1, one epoch, measured 2026-11-30:
+compiles Eigen's convolutions instead, faster here for every piece of the
+step but this convolution's forward: docs/performance.md.) Recipe choices are
+made on a validation split (the last 5,000 training images held out,
+config.data.validation_size), never on test accuracy; seeds 0 and 1, one epoch, measured 2026-11-30:
 
   that network as published (batch 256)      98.52 / 98.78%
   batch 128                                  98.68 / 98.72%

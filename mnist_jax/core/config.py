@@ -30,6 +30,12 @@ MAX_SEED = 2**32 - 1
 ADDED_MODEL_DEFAULTS = {"padding": "same", "pool_before_norm": False}
 
 
+def added_model_value(model_config: ml_collections.ConfigDict, key: str) -> Any:
+  """`model_config[key]`, or ADDED_MODEL_DEFAULTS' value for a config saved
+  before the key existed."""
+  return model_config.get(key, ADDED_MODEL_DEFAULTS[key])
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Training settings common to all models (the model block is left to callers)."""
   config = ml_collections.ConfigDict()

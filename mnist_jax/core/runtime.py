@@ -17,8 +17,6 @@ from mnist_jax.core.errors import UserError
 
 GPU_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-# XLA:CPU's own (Eigen) convolutions instead of YNNPACK's; measured for jaxlib 0.10.
-EIGEN_CPU_CONVOLUTIONS = f"{YNN_FUSION_FLAG}=-individual_convolution"
 CACHE_DIR_ENV = "MNIST_JAX_CACHE_DIR"
 COMPILATION_CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"  # "0": off
 
@@ -64,11 +62,17 @@ def set_gpu_determinism(enabled: bool) -> None:
   different order each run. It costs some speed, so it can be switched off.
   A value already in XLA_FLAGS wins. CPU builds accept and ignore the flag.
   """
+  _add_xla_flag(GPU_DETERMINISTIC_FLAG, "true" if enabled else "false")
+
+
+def _add_xla_flag(name: str, value: str) -> bool:
+  """Appends `name=value` to XLA_FLAGS unless XLA_FLAGS already sets `name`
+  (the user's value wins); True if it was added."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if GPU_DETERMINISTIC_FLAG in flags:
-    return
-  value = "true" if enabled else "false"
-  os.environ["XLA_FLAGS"] = f"{flags} {GPU_DETERMINISTIC_FLAG}={value}".strip()
+  if name in flags:
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {name}={value}".strip()
+  return True
 
 
 def use_eigen_cpu_convolutions() -> None:
@@ -91,10 +95,10 @@ def use_eigen_cpu_convolutions() -> None:
   process at an unknown flag), are left alone, as are GPU and TPU backends,
   which ignore it.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if YNN_FUSION_FLAG in flags or not _jaxlib_has_ynn_flag():
+  # "-individual_convolution": YNNPACK's default set, less its convolutions.
+  if not _jaxlib_has_ynn_flag() or not _add_xla_flag(YNN_FUSION_FLAG,
+                                                     "-individual_convolution"):
     return
-  os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CPU_CONVOLUTIONS}".strip()
   bridge = sys.modules.get("jax._src.xla_bridge")
   if bridge is not None and bridge.backends_are_initialized():
     warnings.warn("JAX started its backends before mnist_jax was imported, so its CPU "

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from mnist_jax.core.config import ADDED_MODEL_DEFAULTS
+from mnist_jax.core.config import added_model_value
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import (CONV_IMPLS, POOLINGS, Conv, activation,
@@ -121,17 +121,17 @@ PADDINGS = ("same", "valid")
 def conv_padding_of(cfg: ml_collections.ConfigDict) -> str:
   """The CNN config's padding as lax spells it ('SAME' | 'VALID'); configs
   saved before the key existed are 'same' (config.ADDED_MODEL_DEFAULTS)."""
-  return cfg.get("padding", ADDED_MODEL_DEFAULTS["padding"]).upper()
+  return added_model_value(cfg, "padding").upper()
 
 
 def pool_before_norm_of(cfg: ml_collections.ConfigDict) -> bool:
   """Whether each stage pools before its norm and activation; configs saved
   before the key existed did not (config.ADDED_MODEL_DEFAULTS)."""
-  return bool(cfg.get("pool_before_norm", ADDED_MODEL_DEFAULTS["pool_before_norm"]))
+  return bool(added_model_value(cfg, "pool_before_norm"))
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> None:
-  if cfg.get("padding", ADDED_MODEL_DEFAULTS["padding"]) not in PADDINGS:
+  if added_model_value(cfg, "padding") not in PADDINGS:
     raise UserError(f"config.model.padding = {cfg.padding!r}: use one of "
                     f"{', '.join(PADDINGS)}.")
   if cfg.get("conv_type", "conv") not in CONV_TYPES:
