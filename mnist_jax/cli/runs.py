@@ -155,7 +155,6 @@ def _define_export(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def export(fv: flags.FlagValues, args: List[str]) -> int:
-  runtime.enable_compilation_cache()  # no device flags here: only the cache
   from mnist_jax.inference.export import METADATA_FILE, export_run
   metadata = export_run(fv.workdir, fv.out)
   print(f"exported the run of test accuracy {metadata['test_accuracy']:.4f}")

@@ -46,6 +46,9 @@ def export_run(workdir: str, out: str) -> Dict:
   """Writes the run's exported model into the new folder `out`; returns its
   metadata (export.json). `out` appears whole or not at all."""
   _check_finished(workdir)
+  if not out.strip():
+    raise UserError("--out is empty: name a new folder for the files, e.g. "
+                    "--out exported/cnn.")
   if os.path.lexists(out):
     raise UserError(f"--out {out} already exists: name a new folder (export never "
                     "writes into an existing one).")
