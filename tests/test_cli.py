@@ -120,6 +120,7 @@ FOREIGN_FLAGS = {
     "frontier": (["frontier", "--out", "{w}", "--preset", "cpu"], "preset"),
     "benchmark": (["benchmark", "--out", "{w}/b.csv", "--workdir", "{w}"], "workdir"),
     "speedrun": (["speedrun", "--out", "{w}", "--workdir", "{w}"], "workdir"),
+    "export": (["export", "--workdir", "{w}", "--out", "{w}/e", "--top", "3"], "top"),
 }
 
 

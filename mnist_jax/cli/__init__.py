@@ -7,6 +7,7 @@
   predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
             [--figure out.png] [--no-preprocess]
   ensemble  --workdirs runs/a,runs/b,runs/c [--split test|validation] [--out DIR]
+  export    --workdir runs/cnn --out DIR
   study     NAME [--preset cpu|full] [--quick] [--out DIR] [--data_dir D]
             [--vmap_seeds] [--tables_only]
   frontier  [--recipe cpu|full] [--out DIR] [--data_dir D] [--tables_only]

@@ -1,4 +1,5 @@
-"""Commands on one run directory or a few: train, evaluate, plot, predict, ensemble.
+"""Commands on one run directory or a few: train, evaluate, plot, predict,
+ensemble, export.
 
 Each command imports its library when it runs, so that `-h` and a bad flag are
 answered without importing JAX.
@@ -147,6 +148,21 @@ def ensemble(fv: flags.FlagValues, args: List[str]) -> int:
   return 0
 
 
+def _define_export(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+  _define_workdir(fv)
+  flags.DEFINE_string("out", None, "new folder for the exported files (refused if "
+                      "it exists)", flag_values=fv)
+
+
+def export(fv: flags.FlagValues, args: List[str]) -> int:
+  from mnist_jax.inference.export import METADATA_FILE, export_run
+  metadata = export_run(fv.workdir, fv.out)
+  print(f"exported the run of test accuracy {metadata['test_accuracy']:.4f}")
+  for name in (*metadata["files"].values(), METADATA_FILE):
+    print(f"wrote {os.path.join(fv.out, name)}")
+  return 0
+
+
 COMMANDS = [
     Command("train", "train a config and evaluate it on the test set (a workdir "
             "holding the same config resumes from its newest checkpoint)",
@@ -162,4 +178,7 @@ COMMANDS = [
     Command("ensemble", "combine trained runs by averaged probabilities and by "
             "majority vote", _define_ensemble, ensemble,
             usage="--workdirs W1,W2,... [flags]", required=("workdirs",)),
+    Command("export", "write a trained run as a jax.export function and a TensorFlow "
+            "SavedModel that need neither this package nor flax", _define_export,
+            export, usage="--workdir W --out DIR", required=("workdir", "out")),
 ]

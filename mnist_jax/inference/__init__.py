@@ -1,2 +1,3 @@
 """A finished run: restore it, predict your own digits, ensembles, robustness
-curves and figures. Imports `engine` and `core`."""
+curves and figures, export it for jax or TensorFlow alone. Imports `engine`
+and `core`."""

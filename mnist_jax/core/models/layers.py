@@ -56,10 +56,18 @@ def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
 
 def window_views(x_BxHxWxC: jax.Array, window: int):
   """The window*window strided views x[:, i::window, j::window] (row-major i, j),
-  the ragged edge dropped (VALID)."""
-  _, h, w, _ = x_BxHxWxC.shape
-  x = x_BxHxWxC[:, :h // window * window, :w // window * window, :]
-  return [x[:, i::window, j::window, :] for i in range(window) for j in range(window)]
+  the ragged edge dropped (VALID).
+
+  Written as the lax.slice ops that jnp's indexing gives for static shapes (the
+  same program), because with a batch of symbolic size (inference/export.py)
+  jnp's indexing becomes a gather, which TFLite's converter rejects.
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  limit = (b, h // window * window, w // window * window, c)
+  x = (x_BxHxWxC if limit[1:3] == (h, w)
+       else jax.lax.slice(x_BxHxWxC, (0, 0, 0, 0), limit))
+  return [jax.lax.slice(x, (0, i, j, 0), limit, (1, window, window, 1))
+          for i in range(window) for j in range(window)]
 
 
 def max_of_views(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
