@@ -131,7 +131,7 @@ def frontier_section(frontier_dir: str) -> str:
     table = os.path.join(frontier_dir, recipe, "tables", "frontier.md")
     lines += [f"### `{recipe}` recipe", "", f"Command: `{command}`.", ""]
     if not os.path.exists(table):
-      lines += ["Not run yet" + (": it needs a GPU/TPU, and none was lent to us."
+      lines += ["Not run yet" + (": it needs a GPU or TPU."
                                  if recipe == "full" else "."), ""]
       continue
     lines += [frontier_table_text(os.path.join(frontier_dir, recipe)), "",
