@@ -20,6 +20,7 @@ _runtime.use_eigen_cpu_convolutions()
 # name -> (module, attribute), imported on first use so that `import mnist_jax`
 # stays cheap (no JAX or TensorFlow import).
 _LAZY = {
+    "load_mnist": ("mnist_jax.core.data", "load_mnist"),
     "load_config_file": ("mnist_jax.core.config", "load_config_file"),
     "train_and_evaluate": ("mnist_jax.engine.loop", "train_and_evaluate"),
     "train_runs": ("mnist_jax.engine.loop", "train_runs"),
