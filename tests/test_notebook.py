@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import nbformat
@@ -41,6 +42,9 @@ def tiny_budget(notebook, runs: pathlib.Path):
 def test_notebook_runs_top_to_bottom(mnist_dir, tmp_path, monkeypatch):
   from nbclient import NotebookClient
   monkeypatch.setenv("MNIST_DIR", mnist_dir)
+  # The kernel imports this checkout's package, whatever the environment installed.
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
   notebook = tiny_budget(read(), tmp_path / "runs")
   NotebookClient(notebook, timeout=900, kernel_name="python3",
                  resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
