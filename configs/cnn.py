@@ -26,7 +26,7 @@ def get_config():
       dropout_rate=0.25,
       num_classes=10,
       conv_type="conv",  # conv | local (no weight sharing, nn.ConvLocal)
-      conv_impl="auto",  # auto | xla | im2col | xla_chunked: same function (docs/performance.md)
+      conv_impl="auto",  # auto | xla | im2col | xla_chunked: same function (docs/decisions.md)
   )
   config.num_epochs = 10
   return config

@@ -6,9 +6,9 @@ Four bias-free 'VALID' 7x7 convolutions (48, 96, 144, 192 channels), each
 with batch norm and ReLU, shrink the 28x28 input to 4x4x192.
 No pooling, then one bias-free dense layer with batch norm to 10 logits
 (mnist_jax/core/models/simple_cnn.py), trained with An et al.'s recipe
-(mnist_jax/recipes.py: an2020, where the recipe, its published numbers and our
-deviations are written down). Meant for a GPU/TPU.
-Measured here: nothing yet.
+(mnist_jax/core/recipes.py: an2020, where the recipe, its published numbers and
+our deviations are written down). Meant for a GPU/TPU.
+No accuracy measured yet.
 """
 
 from mnist_jax.core.recipes import an2020

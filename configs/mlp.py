@@ -20,9 +20,10 @@ def get_config():
   )
   config.num_epochs = 20
   # An epoch takes under a second: checkpoint at epoch ends only (a mid-epoch
-  # checkpoint is a host sync; docs/performance.md measured the cost).
+  # checkpoint is a host sync; docs/decisions.md has the measured cost).
   config.checkpoint.every_steps = 0
   # A step takes ~0.7 ms: 32 steps per call pay the host's per-call work once
-  # (epoch 0.75x -> 1.15x the harness's step rate, docs/performance.md).
+  # (the epoch at 1.15x the harness's step rate, 0.75x with one step per call:
+  # docs/decisions.md).
   config.steps_per_dispatch = 32
   return config

@@ -17,12 +17,11 @@ them as Ray tasks exactly as for a study (docs/distributed.md), and a member
 that fails is recorded in its failed.json while the others go on; the script
 then ends with one `error:` line naming it (exit 2), before the ensemble.
 
-Measured: version 3 of the `cpu` recipe on the project's 2-core CPU,
-92-94 min per seed while sharing the cores, 29.8-31.9 on a quiet host
-(RESULTS.md, section 6, 2026-11-30: 99.67 / 99.72 / 99.73%
-single, mean 99.71%; ensemble 99.78% by averaged probabilities,
-99.75% by vote). The `full` recipe (150 epochs of M3, M5 and M7) is meant for a
-GPU/TPU and has not been run: no accelerator was lent to us yet.
+Measured: the `cpu` recipe on the project's 2-core CPU, 92-94 min per seed
+while sharing the cores, 29.8-31.9 on a quiet host (RESULTS.md, section 6,
+2026-11-30: 99.67 / 99.72 / 99.73% single, mean 99.71%; ensemble 99.78% by
+averaged probabilities, 99.75% by vote). The `full` recipe (150 epochs of M3,
+M5 and M7) is meant for a GPU/TPU and has no measured result yet.
 """
 
 from __future__ import annotations

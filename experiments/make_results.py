@@ -1,6 +1,8 @@
 r"""Builds RESULTS.md from the studies' run directories (never from logs).
 
   python experiments/make_results.py [--preset cpu] [--studies_dir runs/studies]
+  python experiments/make_results.py --readme    # the README's results table
+
 
 For each study it rebuilds the tables and figures from the run directories
 (`experiments/<study>.py --preset P --tables_only`), then writes RESULTS.md:
@@ -10,6 +12,9 @@ experiments/findings/<table>.md (frontier_<recipe>.md for the frontier). PNG
 figures are copied to docs/figures/. A study that has not been run is listed
 as such, with its command. The accuracy frontier's tables are
 experiments/frontier.py's (runs/frontier/<recipe>/tables/frontier.md).
+
+`--readme` prints the README's results table from results/runs.json, the
+record of the measured single-config runs, and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import json
 import os
 import platform
 import shutil
@@ -33,6 +39,7 @@ TITLES = {
     "lecun1998": "5. LeCun et al. 1998, reproduced",
 }
 FINDINGS_DIR = os.path.join(REPO, "experiments", "findings")
+RUNS_RECORD = os.path.join(REPO, "results", "runs.json")
 
 
 def read_finding(name: str) -> str:
@@ -124,7 +131,7 @@ def frontier_section(frontier_dir: str) -> str:
     table = os.path.join(frontier_dir, recipe, "tables", "frontier.md")
     lines += [f"### `{recipe}` recipe", "", f"Command: `{command}`.", ""]
     if not os.path.exists(table):
-      lines += ["Not run yet" + (": it needs a GPU/TPU, and none was lent to us."
+      lines += ["Not run yet" + (": it needs a GPU or TPU."
                                  if recipe == "full" else "."), ""]
       continue
     lines += [frontier_table_text(os.path.join(frontier_dir, recipe)), "",
@@ -143,6 +150,21 @@ def earlier_cpu_recipes(frontier_dir: str) -> list:
   return lines + [read_finding("frontier_cpu_elastic"), ""]
 
 
+def readme_table(record_path: str = RUNS_RECORD) -> str:
+  """The README's results table: the hardware, one row per config, its notes."""
+  with open(record_path) as f:
+    record = json.load(f)
+  lines = [f"Measured on {record['hardware']}.", "",
+           "| config | epochs | test accuracy | wall time | command |",
+           "| --- | --- | --- | --- | --- |"]
+  notes = []
+  for i, run in enumerate(record["runs"], 1):
+    lines.append(f"| `{run['config']}` | {run['epochs']} | {run['test_accuracy']} | "
+                 f"{run['wall_time']} [{i}] | `{run['command']}` |")
+    notes.append(f"- [{i}] {run['measured']}: {run['note']}.")
+  return "\n".join(lines + [""] + notes)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="cpu", choices=("cpu", "full"))
@@ -150,7 +172,12 @@ def main() -> None:
   parser.add_argument("--frontier_dir", default=os.path.join(REPO, "runs", "frontier"))
   parser.add_argument("--conditions", default="", help="a sentence on the machine's "
                       "state during the runs (e.g. shared with other jobs)")
+  parser.add_argument("--readme", action="store_true", help="print the README's "
+                      "results table (from results/runs.json) and nothing else")
   args = parser.parse_args()
+  if args.readme:
+    print(readme_table())
+    return
   figures_out = os.path.join(REPO, "docs", "figures")
   os.makedirs(figures_out, exist_ok=True)
   sections = []

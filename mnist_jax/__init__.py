@@ -2,7 +2,12 @@
 
 Data flows one way: config -> data -> model -> train step -> evaluation -> run
 directory (config.json, metrics.jsonl, checkpoints) -> tables and plots.
+
+The names in `__all__` are the Python API (docs/api.md); each is a re-export
+of the library function that the command line calls too.
 """
+
+import importlib
 
 from mnist_jax.core import runtime as _runtime
 from mnist_jax.core.errors import UserError
@@ -12,12 +17,32 @@ from mnist_jax.core.errors import UserError
 # runtime.use_eigen_cpu_convolutions).
 _runtime.use_eigen_cpu_convolutions()
 
-__all__ = ["UserError", "train_and_evaluate"]
+# name -> (module, attribute), imported on first use so that `import mnist_jax`
+# stays cheap (no JAX or TensorFlow import).
+_LAZY = {
+    "load_mnist": ("mnist_jax.core.data", "load_mnist"),
+    "load_config_file": ("mnist_jax.core.config", "load_config_file"),
+    "train_and_evaluate": ("mnist_jax.engine.loop", "train_and_evaluate"),
+    "train_runs": ("mnist_jax.engine.loop", "train_runs"),
+    "restore_and_evaluate": ("mnist_jax.engine.restore", "restore_and_evaluate"),
+    "load_run": ("mnist_jax.inference.trained", "load"),
+    "TrainedModel": ("mnist_jax.inference.trained", "TrainedModel"),
+    "load_digit": ("mnist_jax.inference.digits", "load_digit"),
+    "predict_files": ("mnist_jax.inference.predict", "predict_files"),
+    "evaluate_ensemble": ("mnist_jax.inference.ensemble", "evaluate_ensemble"),
+    "load_experiment": ("mnist_jax.cli.experiments", "load_experiment"),
+    "run_study": ("mnist_jax.studies.script", "run"),
+}
+
+__all__ = ["UserError", *_LAZY]
 
 
 def __getattr__(name):
-  # Imported lazily so that `import mnist_jax` stays cheap (no JAX/TF import).
-  if name == "train_and_evaluate":
-    from mnist_jax.engine.loop import train_and_evaluate
-    return train_and_evaluate
-  raise AttributeError(name)
+  if name not in _LAZY:
+    raise AttributeError(f"module 'mnist_jax' has no attribute {name!r}")
+  module, attribute = _LAZY[name]
+  return getattr(importlib.import_module(module), attribute)
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

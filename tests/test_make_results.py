@@ -82,7 +82,7 @@ def test_frontier_section_reads_the_recipe_and_its_history(tmp_path, findings):
       "frontier_cpu_affine prose, wrapped.", "| cpu_affine table |",
       "frontier_cpu_elastic prose, wrapped."]
   assert blocks[-2:] == ["Command: `python experiments/frontier.py --recipe full`.",
-                         "Not run yet: it needs a GPU/TPU, and none was lent to us.\n"]
+                         "Not run yet: it needs a GPU or TPU.\n"]
 
 
 def test_every_findings_file_reads_as_in_results_md():
