@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -126,6 +126,15 @@ def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
   return "\n".join(lines)
 
 
+def _loss_totals(sums: Dict, index: Optional[int] = None) -> Tuple[float, int]:
+  """(loss_sum, count) of the loop's running sums (entry `index` of stacked
+  ones): a host sync."""
+  totals = to_host({k: sums[k] for k in ("loss_sum", "count")})
+  if index is not None:
+    totals = {k: v[index] for k, v in totals.items()}
+  return float(totals["loss_sum"]), int(totals["count"])
+
+
 class RunWriter:
   """The loop's TensorBoard writer (and profiler) for one process's life.
 
@@ -155,12 +164,15 @@ class RunWriter:
     self.profiler.after_dispatch(stop - start, state)
     if not (self.events and self.every and stop // self.every > start // self.every):
       return
-    totals = to_host({k: sums[k] for k in ("loss_sum", "count")})  # the host sync
-    if index is not None:
-      totals = {k: v[index] for k, v in totals.items()}
-    loss_sum, count = float(totals["loss_sum"]), int(totals["count"])
+    loss_sum, count = _loss_totals(sums, index)
     self.train_loss(stop, (loss_sum - self._base[0]) / (count - self._base[1]))
     self._base = (loss_sum, count)
+
+  def resume_from(self, sums: Dict, index: Optional[int] = None) -> None:
+    """The epoch's sums a run resumes with (mid-epoch: not zero), so that its
+    first point is the mean since the checkpoint, not since the epoch began."""
+    if self.events and self.every:
+      self._base = _loss_totals(sums, index)
 
   def train_loss(self, step: int, value: float) -> None:
     if self.events:
