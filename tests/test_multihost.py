@@ -12,6 +12,7 @@ this process (one device) ensembles it with the one-process run.
 
 import glob
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -33,7 +34,8 @@ from train_worker import STALL_ENV
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 # 50 steps per epoch of 40 images, 5 per call, a save every 10 steps: the
-# pair stalls before saving step 80, so it is killed at step 70-80, mid-epoch 2.
+# pair stalls before saving step 80, so it is killed in epoch 2, after it
+# saved step 60 or 70 and before it trained past step 80.
 STEPS_PER_EPOCH, STALL_AT = 50, 80
 TRAIN = ["train", "--config", "configs/mlp.py", "--config.num_epochs=2",
          "--config.batch_size=40", "--config.steps_per_dispatch=5",
@@ -54,10 +56,14 @@ def devices_env(count, extra=None):
   return dict(os.environ, XLA_FLAGS=flags.strip(), **(extra or {}))
 
 
+STARTED = []  # every process the tests start, killed at the end if still running
+
+
 def start(command, log, env):
   with open(log, "w") as out:
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, text=True)
+    STARTED.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT))
+  return STARTED[-1]
 
 
 def start_pair(program, logs, env_extra=None):
@@ -82,7 +88,7 @@ def finish(procs, logs, timeout=240):
   outputs = []
   for i, p in enumerate(procs):
     p.wait()
-    outputs.append(open(f"{logs}.p{i}.log").read())
+    outputs.append(pathlib.Path(f"{logs}.p{i}.log").read_text())
     assert p.returncode == 0, f"process {i} of {len(procs)}: {outputs[-1][-3000:]}"
   return outputs
 
@@ -95,7 +101,18 @@ def cli_on_npz(data):
 def runs(small_data, mnist_dir, tfds_dir, tmp_path_factory):
   """The one-process run and the killed, resumed pair's run, and what was
   seen on the way."""
-  tmp = tmp_path_factory.mktemp("multihost")
+  try:
+    yield train_both_ways(small_data, mnist_dir, tfds_dir,
+                          tmp_path_factory.mktemp("multihost"))
+  finally:
+    for p in STARTED:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def train_both_ways(small_data, mnist_dir, tfds_dir, tmp):
+  """One process alone and the pair at once; the pair killed, resumed, evaluating."""
   one, two, seen = tmp / "one", tmp / "two", {}
   alone = start([*cli_on_npz(small_data), *TRAIN, "--workdir", str(one)],
                 tmp / "one.p0.log", devices_env(4))
