@@ -9,14 +9,16 @@ ignored); everything else, from the flags to the `error: ...` line and the
 exit status, is the real command line.
 
 With $FULL_DISK_AT_STEP=N, orbax's writes of step N's checkpoint fail as on a
-full disk (see `fill_disk_at`).
+full disk (see `fill_disk_at`); with $STALL_BEFORE_SAVING=N the process stops
+for good just before it saves step N's checkpoint (as tests/train_worker.py).
 """
 
 import os
 import runpy
 import sys
 
-from train_worker import load_data  # its folder is sys.path[0] when run as a script
+# tests/ is sys.path[0] when this runs as a script.
+from train_worker import STALL_ENV, load_data, stall_before_saving
 
 from mnist_jax.core import data as data_lib  # train_worker put the repo on sys.path
 
@@ -44,6 +46,8 @@ def fill_disk_at(step: int) -> None:
 def main(data_path, *args):
   if os.environ.get(FULL_DISK_ENV):
     fill_disk_at(int(os.environ[FULL_DISK_ENV]))
+  if os.environ.get(STALL_ENV):
+    stall_before_saving(int(os.environ[STALL_ENV]))
   splits = load_data(data_path)
   data_lib.load_mnist = lambda *a, **k: splits
   sys.argv = ["mnist_jax", *args]

@@ -114,6 +114,17 @@ def test_a_resumed_run_shows_each_epoch_once(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "profile"))  # profile_steps = 0
 
 
+def test_an_epochs_points_are_in_the_file_before_the_writer_closes(tmp_path):
+  """What a SIGKILL after an epoch leaves: the unclosed file already holds its points."""
+  writer = metric_writer.RunWriter(str(tmp_path), tiny_config(), start_step=0,
+                                   profile=False)
+  writer.epoch({"epoch": 1, "step": 3, "test_accuracy": 0.5, "train_loss": 1.25})
+  events = reader(str(tmp_path))
+  assert points(events, "epoch/test_accuracy") == [(3, 0.5)]
+  assert points(events, "epoch/train_loss") == [(3, 1.25)]
+  writer.close()
+
+
 def test_the_writer_does_not_import_torch_but_torch_still_imports_after():
   """tensorboardX imports PyTorch when it is installed (2.3 s of every train's
   start-up); metric_writer hides it for that import only."""

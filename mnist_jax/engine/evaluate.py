@@ -129,8 +129,8 @@ def probabilities(apply_fn, params, batch_stats, images_NxHxWx1: np.ndarray,
   the average of the weights with the live statistics).
 
   `batch_size` is rounded up to a multiple of the device count (the padding
-  is dropped), so any number of images can be asked for. One process: the
-  probabilities are gathered from all of its devices.
+  is dropped), so any number of images can be asked for. Every process gets
+  all N rows, gathered from every device (of every process: all must call).
   """
   mesh = mesh or make_mesh()
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
@@ -139,7 +139,7 @@ def probabilities(apply_fn, params, batch_stats, images_NxHxWx1: np.ndarray,
   for images, labels, mask in data_lib.eval_batches(split, batch_size):
     batch = shard_batch({"image": images, "label": labels, "mask": mask}, mesh)
     probs_BxC = _eval_batch("probabilities", apply_fn, False, params, batch, batch_stats)
-    probs.append(np.asarray(jax.device_get(probs_BxC))[mask > 0])
+    probs.append(to_host(probs_BxC)[mask > 0])
   return np.concatenate(probs)
 
 

@@ -375,6 +375,8 @@ def _loop(run: Group, state, sums) -> None:
   # One writer per seed; only the first profiles (one jax.profiler trace at a time).
   run.events = [metric_writer.RunWriter(w, run.config, start_step, run.writer, profile=i == 0)
                 for i, w in enumerate(run.workdirs)]
+  for i, events in enumerate(run.events):
+    events.resume_from(sums, i if run.stacked else None)
   for epoch in range(first_epoch, run.config.num_epochs + 1):
     state, lines = _run_epoch(run, state, sums, epoch, first_batch)
     for i, metrics in enumerate(lines):

@@ -11,6 +11,7 @@ from typing import Dict
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -77,8 +78,25 @@ def abstract_replicated(tree, mesh):
 
 
 def to_host(tree):
-  """Replicated device values -> numpy, read from this process's first copy."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  """Device values -> numpy: the one way values come to the host.
+
+  A replicated value is read from this process's first copy (no
+  communication, so one process alone may ask); a value whose shards all
+  live in this process is assembled from them; one split over several
+  processes is gathered from all of them (process_allgather: every process
+  must ask, in the same order).
+  """
+  return jax.tree.map(_leaf_to_host, tree)
+
+
+def _leaf_to_host(x) -> np.ndarray:
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return multihost_utils.process_allgather(x, tiled=True)
 
 
 def describe_devices() -> str:

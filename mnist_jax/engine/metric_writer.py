@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -96,6 +96,23 @@ class StepProfiler:
     self.tracing, self.done = False, True
 
 
+def write_pending(events: SummaryWriter) -> None:
+  """Puts every event added so far into the events file.
+
+  tensorboardX's `flush` writes only the events its background thread has
+  taken from its queue: a SIGKILL after it lost the epoch's points (measured:
+  a killed two-process run kept no epoch/* point of its finished epoch 1).
+  Stopping the thread writes the rest; a new one then takes over the same
+  queue and file, as tensorboardX's own `EventFileWriter.reopen` does.
+  """
+  writer = events._get_file_writer().event_writer
+  writer._worker.stop()  # writes what is queued, then returns
+  writer._ev_writer.flush()
+  writer._worker = type(writer._worker)(writer._event_queue, writer._ev_writer,
+                                        writer._flush_secs)
+  writer._worker.start()
+
+
 def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
                    idx_M: np.ndarray) -> str:
   """A Markdown table laid out like the image grid: 'label → predicted (p)'."""
@@ -107,6 +124,15 @@ def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
   lines = [head, "|" + " --- |" * width]
   lines += ["| " + " | ".join(row + [""] * (width - len(row))) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def _loss_totals(sums: Dict, index: Optional[int] = None) -> Tuple[float, int]:
+  """(loss_sum, count) of the loop's running sums (entry `index` of stacked
+  ones): a host sync."""
+  totals = to_host({k: sums[k] for k in ("loss_sum", "count")})
+  if index is not None:
+    totals = {k: v[index] for k, v in totals.items()}
+  return float(totals["loss_sum"]), int(totals["count"])
 
 
 class RunWriter:
@@ -138,12 +164,15 @@ class RunWriter:
     self.profiler.after_dispatch(stop - start, state)
     if not (self.events and self.every and stop // self.every > start // self.every):
       return
-    totals = to_host({k: sums[k] for k in ("loss_sum", "count")})  # the host sync
-    if index is not None:
-      totals = {k: v[index] for k, v in totals.items()}
-    loss_sum, count = float(totals["loss_sum"]), int(totals["count"])
+    loss_sum, count = _loss_totals(sums, index)
     self.train_loss(stop, (loss_sum - self._base[0]) / (count - self._base[1]))
     self._base = (loss_sum, count)
+
+  def resume_from(self, sums: Dict, index: Optional[int] = None) -> None:
+    """The epoch's sums a run resumes with (mid-epoch: not zero), so that its
+    first point is the mean since the checkpoint, not since the epoch began."""
+    if self.events and self.every:
+      self._base = _loss_totals(sums, index)
 
   def train_loss(self, step: int, value: float) -> None:
     if self.events:
@@ -156,7 +185,7 @@ class RunWriter:
     for key, value in metrics.items():
       if key not in _NOT_SCALARS and isinstance(value, (int, float)):
         self.events.add_scalar(f"epoch/{key}", value, metrics["step"])
-    self.events.flush()  # a kill loses at most the current epoch's points
+    write_pending(self.events)  # a kill loses at most the current epoch's points
     self._base = (0.0, 0)  # the loop starts the next epoch's sums from zero
 
   def misclassified(self, images_NxHxWx1: np.ndarray, labels_N: np.ndarray,

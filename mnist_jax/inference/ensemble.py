@@ -23,6 +23,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -166,9 +167,10 @@ def write_result(result: Dict, out_dir: str) -> str:
 
 def report(workdirs: List[str], split: str, out_dir: Optional[str],
            mnist_dir: Optional[str] = None) -> Dict:
-  """The CLI command: evaluate, print the table, write the JSON if asked."""
+  """The CLI command: evaluate, print the table, write the JSON if asked
+  (process 0 only, when several processes evaluate together)."""
   result = evaluate_ensemble(workdirs, split, mnist_dir)
   print(format_table(result))
-  if out_dir:
+  if out_dir and jax.process_index() == 0:
     print(f"wrote {write_result(result, out_dir)}")
   return result

@@ -13,7 +13,6 @@ import dataclasses
 from typing import Dict, List, Optional
 
 import flax.linen as nn
-import jax
 import ml_collections
 import numpy as np
 
@@ -21,6 +20,7 @@ from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import CONV_MODULES, activation
 from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
+from mnist_jax.engine.mesh import to_host
 from mnist_jax.engine.state import eval_variables, variables
 
 
@@ -70,5 +70,5 @@ def load(workdir: str) -> TrainedModel:
   config = run_dir.read_config(workdir)
   state = restore_lib.restore_state(workdir, config,
                                     which=restore_lib.selected_checkpoint(config))
-  params, batch_stats = jax.device_get(eval_variables(state))
+  params, batch_stats = to_host(eval_variables(state))
   return TrainedModel(config, build_model(config.model), params, batch_stats)
