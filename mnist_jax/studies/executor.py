@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import sys
 import time
@@ -88,11 +89,30 @@ def train_recorded(job: Job, train: TrainJob, data) -> Outcome:
   try:
     finals = train(job, data)
   except UserError as e:
+    reason = study_advice(str(e), job)
     for run in job:
-      run_dir.write_failure(run.workdir, str(e))
-    return Outcome(job, time.perf_counter() - start, [None] * len(job), str(e))
+      run_dir.write_failure(run.workdir, reason)
+    return Outcome(job, time.perf_counter() - start, [None] * len(job), reason)
   return Outcome(job, time.perf_counter() - start,
                  [f["test_accuracy"] for f in finals])
+
+
+# How a run's message names `train`'s flags, and what a study says instead:
+# `study` has no --force (deleting the run's folder makes the study train it
+# from the start) and names its folder with --out.
+_TRAIN_ADVICE = ((r"with `train \.\.\. --force`", "by deleting {folder}"),
+                 (r"pass --force", "delete {folder}"),
+                 (r"`?(train \.\.\. )?--force`?", "deleting {folder}"),
+                 (r"--workdir\b", "--out"))
+
+
+def study_advice(message: str, job: Optional[Job] = None) -> str:
+  """A run's error message (of `job`'s runs, if known) with advice that a
+  study can follow."""
+  folder = " and ".join(run.workdir for run in job) if job else "that run's folder"
+  for pattern, advice in _TRAIN_ADVICE:
+    message = re.sub(pattern, advice.format(folder=folder), message)
+  return message
 
 
 class Progress:
