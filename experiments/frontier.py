@@ -93,9 +93,10 @@ def train_members(members: Sequence[Member], out: str, mnist_dir=None,
   from mnist_jax.core import workdir
   from mnist_jax.studies import executor, runner
   runs = member_runs(members, out)
+  where = executor.Placement(**(placement or {}))
+  where.check()  # before the lock creates `out`
   with workdir.locked(out, flag="--out"):  # a second frontier on `out` is refused
-    runner.train_left(runs, "frontier", runner.data_loader(runs, mnist_dir),
-                      executor.Placement(**(placement or {})))
+    runner.train_left(runs, "frontier", runner.data_loader(runs, mnist_dir), where)
   executor.raise_failures(runs)
   return [run.workdir for run in runs]
 

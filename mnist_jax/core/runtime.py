@@ -135,3 +135,21 @@ def init_multihost(coordinator_address: Optional[str] = None,
                     f"({' '.join(str(e).split())}): on one machine drop --multihost; "
                     "elsewhere pass --coordinator_address host:port, --num_processes "
                     "and --process_id.") from None
+
+
+def device_memory_bytes() -> int:
+  """Memory one training copy of a model can use: the first device's limit
+  (GPU, TPU), else the host's available memory (Linux's MemAvailable, which
+  counts reclaimable caches; else all its memory)."""
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -49,6 +49,7 @@ def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report, *,
     raise UserError("--out is empty (--out=): name a folder for the study's runs, or "
                     f"leave --out out for the default ({default_out(study, preset, quick)}).")
   check_study_dir(out)
+  executor_lib.Placement(**(placement or {})).check()  # before the lock creates `out`
   # One study at a time per folder: a second is refused at once rather than
   # finding the first one's runs locked and recording them as failed.
   # --tables_only on a folder not made yet takes no lock (it creates nothing).
