@@ -129,3 +129,47 @@ def test_a_model_too_large_for_the_memory_is_refused_before_xla_allocates_it(
   state_lib.check_fits_in_memory(config)
   with pytest.raises(UserError, match="101,770 parameters"):
     state_lib.check_fits_in_memory(config, copies=2)
+
+
+def _start(code, **kwargs):
+  return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs)
+
+
+def test_ctrl_c_while_the_process_exits_is_interrupted_130(tmp_path):
+  """JAX and orbax register atexit hooks when imported; a Ctrl-C while they
+  ran was a KeyboardInterrupt traceback and exit 0. A slow hook registered
+  before the command stands for them."""
+  proc = _start("""
+      import atexit, time
+      from mnist_jax import cli
+      atexit.register(lambda: (print("in atexit", flush=True), time.sleep(60)))
+      cli.run(["help"])
+      """)
+  for line in proc.stdout:
+    if line == "in atexit\n":
+      break
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=60)
+  assert (proc.returncode, err) == (130, "interrupted\n")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_ctrl_c_just_after_the_final_line_is_interrupted_or_done(tmp_path, mnist_dir):
+  """The real command, interrupted as soon as it has printed its result: it
+  either ends as interrupted (130) or had already exited (0), never with a
+  traceback."""
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mnist_jax", "train", "--config", MLP, "--workdir",
+       str(tmp_path / "w"), "--config.num_epochs=1", "--data_dir", mnist_dir,
+       "--config.data.train_split=train[:1000]", "--config.data.test_split=test[:500]"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("final test accuracy"):
+      break
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  assert (proc.returncode, err.endswith("interrupted\n")) in ((130, True), (0, False))

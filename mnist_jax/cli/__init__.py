@@ -28,6 +28,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import atexit  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Dict, Optional, Sequence  # noqa: E402
 
@@ -71,6 +73,22 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     print(f"error: {e}", file=sys.stderr)
     code = e.exit_code
   except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    code = 130
+    code = interrupted()
+  finally:
+    # Exiting runs JAX's and orbax's atexit hooks, where a Ctrl-C was a
+    # KeyboardInterrupt traceback and exit status 0. Hooks run last-registered
+    # first, so this one starts the exit: from then on Ctrl-C ends the process.
+    atexit.register(signal.signal, signal.SIGINT, _exit_interrupted)
   sys.exit(code)
+
+
+def _exit_interrupted(signum, frame) -> None:
+  os._exit(interrupted())
+
+
+def interrupted() -> int:
+  """Says so on stderr; returns the exit status of a Ctrl-C (128 + SIGINT)."""
+  print("interrupted", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  return 130
