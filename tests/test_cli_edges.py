@@ -173,3 +173,38 @@ def test_ctrl_c_just_after_the_final_line_is_interrupted_or_done(tmp_path, mnist
   _, err = proc.communicate(timeout=120)
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   assert (proc.returncode, err.endswith("interrupted\n")) in ((130, True), (0, False))
+
+
+@pytest.mark.parametrize("xla_flags, message", [
+    ("garbage", "XLA_FLAGS='garbage': 'garbage' is no flag"),
+    ("--xla_force_host_platform_device_count=2 --xla_no_such_flag=1",
+     "stops XLA (Unknown flag in XLA_FLAGS: --xla_no_such_flag=1)"),
+])
+def test_xla_flags_that_xla_cannot_parse_are_one_line(tmp_path, monkeypatch, xla_flags,
+                                                      message):
+  """XLA aborted the process (a fatal log line) when its backend started; a
+  child process asks XLA first, as in a fresh `python -m mnist_jax`."""
+  monkeypatch.setenv("XLA_FLAGS", xla_flags)
+  monkeypatch.setattr(runtime, "_backends_started", lambda: False)
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    cli.main(["train", "--config", MLP, "--workdir", str(tmp_path / "w")])
+  assert not (tmp_path / "w").exists()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  runtime.check_xla_flags()  # a flag XLA knows: no error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platforms", ["gpu", "cuda"])
+def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
+  """JAX_PLATFORMS=gpu on a CPU machine was a 42-52 line traceback."""
+  import jax
+  if jax.devices()[0].platform != "cpu":
+    pytest.skip("this machine has a GPU")
+  result = subprocess.run(
+      [sys.executable, "-m", "mnist_jax", "train", "--config", MLP, "--workdir",
+       str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS=platforms))
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith(f"error: JAX_PLATFORMS={platforms} names a platform "
+                                  "JAX cannot start here (")
+  assert result.stderr.count("\n") == 1

@@ -35,6 +35,7 @@ from typing import Dict, Optional, Sequence  # noqa: E402
 
 from mnist_jax.cli import experiments, runs, tools  # noqa: E402
 from mnist_jax.cli.command import PROGRAM, Command, help_text, parse  # noqa: E402
+from mnist_jax.core import runtime  # noqa: E402
 from mnist_jax.core.errors import UserError  # noqa: E402
 
 COMMANDS: Dict[str, Command] = {
@@ -62,7 +63,14 @@ def main(argv: Sequence[str]) -> int:
     print(help_text(command))
     return 0
   fv, args = parse(command, rest)
-  return command.run(fv, args)
+  runtime.check_xla_flags()
+  try:
+    return command.run(fv, args)
+  except (RuntimeError, AssertionError) as e:  # JAX_PLATFORMS: a platform not here
+    error = runtime.platform_error(e)
+    if error is None:
+      raise
+    raise error from None
 
 
 def run(argv: Optional[Sequence[str]] = None) -> None:
