@@ -184,7 +184,7 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
               after_run: Optional[AfterRun] = None, log: Callable = print,
               vmap_seeds: bool = False, executor: str = "inline",
               address: Optional[str] = None, gpus_per_run: float = 0.0,
-              cpus_per_run: float = 1) -> List[Run]:
+              cpus_per_run: float = 1, dashboard: bool = False) -> List[Run]:
   """Trains every unfinished run of the study; returns all runs.
 
   `after_run(run, load_data)` is called for every finished run, old or new
@@ -194,7 +194,8 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
   runs (executor.py); a run that failed is in its failed.json
   (executor.raise_failures).
   """
-  placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run)
+  placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run,
+                                     dashboard)
   placement.check()
   check_study_dir(study_dir)
   for point in study.points:
