@@ -81,10 +81,9 @@ def _parse_flags(name: str, fv: flags.FlagValues, argv: Sequence[str]) -> List[s
       raise
     error = config_lib.config_file_error(path, e)
     if error is None and isinstance(e, AttributeError) and "'get_config'" in str(e):
-      error = UserError(f"the config file {path} defines no get_config(): define one "
-                        "that returns the config (see configs/mlp.py).")
-    file = path.split(":", 1)[0]
-    if error is None and isinstance(e, (KeyError, AttributeError)) and os.access(file, os.R_OK):
+      error = config_lib.no_get_config(path)
+    overridden = isinstance(e, (KeyError, AttributeError))
+    if error is None and overridden and os.access(path.split(":", 1)[0], os.R_OK):
       # An override of a get_config() that returned no config fails first:
       # load the file again (config_flags kept nothing) to say why.
       with _absl_warnings_off():

@@ -164,6 +164,7 @@ def validate_no_none(config: ml_collections.ConfigDict) -> None:
 
 
 def config_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of field `dotted` ('model.hidden_features') of `config`."""
   node = config
   for key in dotted.split("."):
     node = node[key]
@@ -182,9 +183,9 @@ def validate_seed(seed: Any, label: Optional[str] = None) -> None:
   """Rejects a seed that JAX's PRNG would truncate into another run's seed;
   `label` names where it was given (default: config.seed)."""
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-    raise UserError(f"{label or f'config.seed = {seed}'}: use a whole number from 0 to {MAX_SEED} "
-                    "(2**32 - 1); JAX keeps only a seed's low 32 bits, so a larger "
-                    "one would train another seed's run.")
+    raise UserError(f"{label or f'config.seed = {seed}'}: use a whole number from 0 "
+                    f"to {MAX_SEED} (2**32 - 1); JAX keeps only a seed's low 32 bits, "
+                    "so a larger one would train another seed's run.")
 
 
 def _validate_selection(config: ml_collections.ConfigDict) -> None:
@@ -236,8 +237,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   try:
     spec.loader.exec_module(module)
     if not callable(getattr(module, "get_config", None)):
-      raise UserError(f"the config file {full} defines no get_config(): define one that "
-                      "returns the config (see configs/mlp.py).")
+      raise no_get_config(full)
     return checked_config(full, module.get_config())
   except (Exception, SystemExit) as e:  # the file's own code: anything at all
     error = config_file_error(full, e)
@@ -265,6 +265,11 @@ def config_file_error(path: str, error: BaseException) -> Optional[UserError]:
     return UserError(f"the config file {path} raised {what} (line {lines[-1]}): correct "
                      "it, or give another config, e.g. --config configs/cnn.py.")
   return None
+
+
+def no_get_config(path: str) -> UserError:
+  return UserError(f"the config file {path} defines no get_config(): define one that "
+                   "returns the config (see configs/mlp.py).")
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

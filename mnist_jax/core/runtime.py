@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import traceback
 import warnings
-from typing import Optional
+from typing import List, Optional
 
 from mnist_jax.core.errors import UserError
 
@@ -100,8 +101,7 @@ def use_eigen_cpu_convolutions() -> None:
   if not _jaxlib_has_ynn_flag() or not _add_xla_flag(YNN_FUSION_FLAG,
                                                      "-individual_convolution"):
     return
-  bridge = sys.modules.get("jax._src.xla_bridge")
-  if bridge is not None and bridge.backends_are_initialized():
+  if _backends_started():
     warnings.warn("JAX started its backends before mnist_jax was imported, so its CPU "
                   "convolutions stay YNNPACK's (slower here, other bits than the "
                   "CLI's runs): import mnist_jax before using JAX.", stacklevel=3)
@@ -184,7 +184,7 @@ def check_xla_flags() -> None:
   _CHECKED_XLA_FLAGS.add(value)
 
 
-def _user_xla_flags(value: str) -> list:
+def _user_xla_flags(value: str) -> List[str]:
   """The words of XLA_FLAGS that this project did not add."""
   ours = {f"{YNN_FUSION_FLAG}=-individual_convolution",
           f"{GPU_DETERMINISTIC_FLAG}=true", f"{GPU_DETERMINISTIC_FLAG}=false"}
@@ -200,7 +200,7 @@ def platform_error(error: Exception) -> Optional[UserError]:
   """JAX's error for a platform it cannot start (JAX_PLATFORMS=gpu on a
   machine without one: a RuntimeError, or for 'cuda' an AssertionError) as
   one line; None for any other error."""
-  if "jax" not in sys.modules or _backends_started():
+  if not _raised_starting_backends(error):
     return None
   import jax
   wanted = jax.config.jax_platforms
@@ -217,3 +217,10 @@ def platform_error(error: Exception) -> Optional[UserError]:
   return UserError(f"JAX_PLATFORMS={wanted} names a platform JAX cannot start here "
                    f"({why}): set JAX_PLATFORMS to one this machine has (e.g. cpu), "
                    "or unset it to let JAX choose.")
+
+
+def _raised_starting_backends(error: Exception) -> bool:
+  """Whether `error` came from JAX starting its backends, which did not start."""
+  frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+  return (bool(frames) and frames[-1].f_code.co_filename.endswith("xla_bridge.py")
+          and not _backends_started())
