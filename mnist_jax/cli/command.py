@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
@@ -74,6 +75,7 @@ def _parse_flags(name: str, fv: flags.FlagValues, argv: Sequence[str]) -> List[s
   path = _config_path(argv)
   try:
     with _absl_warnings_off():  # config_flags warns of get_config() returning None
+      _forget_config_module()
       args = fv([name, *argv])[1:]
       _load_config(fv)
   except (Exception, SystemExit) as e:
@@ -87,6 +89,7 @@ def _parse_flags(name: str, fv: flags.FlagValues, argv: Sequence[str]) -> List[s
       # An override of a get_config() that returned no config fails first:
       # load the file again (config_flags kept nothing) to say why.
       with _absl_warnings_off():
+        _forget_config_module()
         loaded = fv["config"].parser.parse(path)
       _check_config_type(name, loaded, path)
     if error is None:
@@ -102,6 +105,14 @@ def _check_config_type(name: str, config, path: str) -> None:
     config_lib.checked_config(path.split(":", 1)[0], config)
   except UserError as e:
     raise UserError(f"{name}: {e}") from None
+
+
+def _forget_config_module() -> None:
+  """config_flags loads a config file as the module 'config_config' with
+  SourceFileLoader.load_module, which runs the file in the module of that name
+  loaded before, if any: a second command in one process (a test, a notebook)
+  would keep the first file's get_config() where the second has none."""
+  sys.modules.pop("config_config", None)
 
 
 @contextlib.contextmanager
