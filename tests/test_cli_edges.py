@@ -208,3 +208,15 @@ def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
   assert result.stderr.startswith(f"error: JAX_PLATFORMS={platforms} names a platform "
                                   "JAX cannot start here (")
   assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, default", [
+    (["study", "lecun1998", "--quick"], "runs/studies/lecun1998/cpu-quick"),
+    (["frontier"], "runs/frontier/cpu")])
+def test_an_empty_out_is_refused_rather_than_the_default(tmp_path, monkeypatch, argv,
+                                                         default):
+  """`--out=` wrote into the checkout's default folder."""
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match=rf"--out is empty \(--out=\).*\({default}\)"):
+    cli.main([*argv, "--out="])
+  assert os.listdir(tmp_path) == []
