@@ -89,10 +89,13 @@ def train_members(members: Sequence[Member], out: str, mnist_dir=None,
   its executor (`placement`: executor, address, gpus_per_run, cpus_per_run);
   returns their run directories. A member that fails is recorded in its
   failed.json, the others go on, then one UserError names it."""
+  from mnist_jax.core import workdir
   from mnist_jax.studies import executor, runner
   runs = member_runs(members, out)
-  runner.train_left(runs, "frontier", runner.data_loader(runs, mnist_dir),
-                    executor.Placement(**(placement or {})))
+  where = executor.Placement(**(placement or {}))
+  where.check()  # before the lock creates `out`
+  with workdir.locked(out, flag="--out"):  # a second frontier on `out` is refused
+    runner.train_left(runs, "frontier", runner.data_loader(runs, mnist_dir), where)
   executor.raise_failures(runs)
   return [run.workdir for run in runs]
 
@@ -143,7 +146,10 @@ def run(recipe: str = "cpu", out: Optional[str] = None, mnist_dir: Optional[str]
   if recipe not in RECIPES:
     raise UserError(f"--recipe {recipe}: use one of {', '.join(sorted(RECIPES))}.")
   members = RECIPES[recipe]
-  out = out or os.path.join("runs", "frontier", recipe)
+  out = os.path.join("runs", "frontier", recipe) if out is None else out
+  if not out.strip():
+    raise UserError("--out is empty (--out=): name a folder, or leave --out out for "
+                    f"the default (runs/frontier/{recipe}).")
   if tables_only:
     workdirs = [os.path.join(out, m.name) for m in members]
     missing = [w for w, m in zip(workdirs, members)

@@ -273,7 +273,7 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
   result = run_here(capsys, "study", "kernel_size", "--quick", "--out", str(out))
   assert result.returncode == 0, result.stderr
   assert sorted(p.name for p in out.iterdir()) == [
-      "cnn_k1", "cnn_k3", "cnn_k5", "cnn_k7", "figures", "tables"]
+      "cnn_k1", "cnn_k3", "cnn_k5", "cnn_k7", "figures", "tables", "train.lock"]
   assert sorted(p.name for p in (out / "cnn_k3").iterdir()) == ["seed_0", "seed_1"]
   assert run_dir.read_config(str(out / "cnn_k3" / "seed_1")).num_epochs == 1  # quick
   for ext in ("md", "tex", "csv"):

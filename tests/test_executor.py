@@ -102,3 +102,58 @@ def test_impossible_placements_are_refused_before_any_work(tmp_path, no_mnist, p
     study_lib.run_study(STUDY, PRESET, str(tmp_path), train_fn=fake_train, log=len,
                         **placement)
   assert not os.path.exists(os.path.join(tmp_path, "linear"))
+
+
+def _no_report(study, preset, study_dir, results):
+  return []
+
+
+def test_a_second_study_on_one_out_folder_is_refused_at_once(tmp_path, no_mnist,
+                                                             monkeypatch):
+  from mnist_jax.core import workdir
+  monkeypatch.setattr(study_lib, "train_and_evaluate", fake_train)
+  out = str(tmp_path / "study")
+  with workdir.locked(out):  # the first study, still running
+    with pytest.raises(UserError, match=rf"^{out} is being trained by process "
+                       rf"{os.getpid()}: .* use another --out\.$"):
+      script.run(STUDY, {"cpu": PRESET}, _no_report, out=out)
+  assert os.listdir(out) == ["train.lock"]  # no run touched, none recorded as failed
+
+
+def test_an_empty_out_folder_is_refused(tmp_path, no_mnist, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match=r"--out is empty \(--out=\).*runs/studies/tiny"):
+    script.run(STUDY, {"cpu": PRESET}, _no_report, out="")
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_run_finished_later_clears_its_failure(tmp_path, no_mnist, monkeypatch):
+  out = str(tmp_path / "study")
+  runs = study_lib.run_study(STUDY, PRESET, out, train_fn=fake_train, log=len)
+  broken = os.path.join(out, BROKEN)
+  assert run_dir.read_failure(broken)
+  # Finished elsewhere (another process, `train --workdir`): the study skips it.
+  monkeypatch.setenv("MNIST_JAX_TEST_FIXED", "1")
+  [run] = [r for r in runs if r.workdir == broken]
+  fake_train(run.config, broken)
+  runs = study_lib.run_study(STUDY, PRESET, out, train_fn=fake_train, log=len)
+  assert run_dir.read_failure(broken) is None
+  executor_lib.raise_failures(runs)  # nothing failed: no error
+
+
+def test_a_failed_runs_advice_names_what_a_study_can_do(tmp_path, no_mnist):
+  def damaged(config, workdir, **kwargs):
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    pathlib.Path(workdir, run_dir.METRICS_FILE).write_text("{garbage\n{}\n")
+    return run_dir.read_metrics(workdir)  # run_dir's own message, naming --force
+
+  out = str(tmp_path / "study")
+  study_lib.run_study(STUDY, spec.Preset(seeds=(0,)), out, train_fn=damaged, log=len)
+  reason = run_dir.read_failure(os.path.join(out, BROKEN))
+  assert "--force" not in reason and "--workdir" not in reason
+  assert f"delete {os.path.join(out, BROKEN)}" in reason
+  # Read again by the study itself (before any training): the same advice.
+  with pytest.raises(UserError) as e:
+    script.run(STUDY, {"cpu": spec.Preset(seeds=(0,))}, _no_report, out=out)
+  assert "metrics.jsonl line 1" in str(e.value) and "--force" not in str(e.value)
+  assert "delete that run's folder" in str(e.value)

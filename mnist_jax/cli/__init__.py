@@ -29,11 +29,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import atexit  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Dict, Optional, Sequence  # noqa: E402
 
 from mnist_jax.cli import experiments, runs, tools  # noqa: E402
 from mnist_jax.cli.command import PROGRAM, Command, help_text, parse  # noqa: E402
+from mnist_jax.core import runtime  # noqa: E402
 from mnist_jax.core.errors import UserError  # noqa: E402
 
 COMMANDS: Dict[str, Command] = {
@@ -61,7 +64,14 @@ def main(argv: Sequence[str]) -> int:
     print(help_text(command))
     return 0
   fv, args = parse(command, rest)
-  return command.run(fv, args)
+  runtime.check_xla_flags()
+  try:
+    return command.run(fv, args)
+  except (RuntimeError, AssertionError) as e:  # JAX_PLATFORMS: a platform not here
+    error = runtime.platform_error(e)
+    if error is None:
+      raise
+    raise error from None
 
 
 def run(argv: Optional[Sequence[str]] = None) -> None:
@@ -72,6 +82,22 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     print(f"error: {e}", file=sys.stderr)
     code = e.exit_code
   except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    code = 130
+    code = interrupted()
+  finally:
+    # Exiting runs JAX's and orbax's atexit hooks, where a Ctrl-C was a
+    # KeyboardInterrupt traceback and exit status 0. Hooks run last-registered
+    # first, so this one starts the exit: from then on Ctrl-C ends the process.
+    atexit.register(signal.signal, signal.SIGINT, _exit_interrupted)
   sys.exit(code)
+
+
+def _exit_interrupted(signum, frame) -> None:
+  os._exit(interrupted())
+
+
+def interrupted() -> int:
+  """Says so on stderr; returns the exit status of a Ctrl-C (128 + SIGINT)."""
+  print("interrupted", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  return 130

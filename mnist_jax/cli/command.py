@@ -8,14 +8,17 @@ command is an unknown flag, and `--config` keeps ml_collections' typed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+import sys
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_jax.core import runtime
+from mnist_jax.core import config as config_lib, runtime
 from mnist_jax.core.errors import UserError
 
 PROGRAM = "python -m mnist_jax"
@@ -49,8 +52,7 @@ def parse(command: Command, argv: Sequence[str]) -> Tuple[flags.FlagValues, List
   fv = flags.FlagValues()
   command.define(fv, [command.name, *argv])
   try:
-    args = fv([command.name, *argv])[1:]
-    _load_config(fv)
+    args = _parse_flags(command.name, fv, argv)
   except (OSError, SyntaxError) as e:
     raise _unreadable_config(command.name, _config_path(argv), e) from None
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
@@ -67,11 +69,68 @@ def parse(command: Command, argv: Sequence[str]) -> Tuple[flags.FlagValues, List
   return fv, args
 
 
+def _parse_flags(name: str, fv: flags.FlagValues, argv: Sequence[str]) -> List[str]:
+  """The positional args; the config file (if any) is loaded and checked here:
+  whatever its own code raises (sys.exit included) is a UserError naming it."""
+  path = _config_path(argv)
+  try:
+    with _absl_warnings_off():  # config_flags warns of get_config() returning None
+      _forget_config_module()
+      args = fv([name, *argv])[1:]
+      _load_config(fv)
+  except (Exception, SystemExit) as e:
+    if path == "(none)":
+      raise
+    error = config_lib.config_file_error(path, e)
+    if error is None and isinstance(e, AttributeError) and "'get_config'" in str(e):
+      error = config_lib.no_get_config(path)
+    overridden = isinstance(e, (KeyError, AttributeError))
+    if error is None and overridden and os.access(path.split(":", 1)[0], os.R_OK):
+      # An override of a get_config() that returned no config fails first:
+      # load the file again (config_flags kept nothing) to say why.
+      with _absl_warnings_off():
+        _forget_config_module()
+        loaded = fv["config"].parser.parse(path)
+      _check_config_type(name, loaded, path)
+    if error is None:
+      raise
+    raise UserError(f"{name}: {error}") from None
+  if "config" in fv and fv["config"].present:
+    _check_config_type(name, fv["config"].value, path)
+  return args
+
+
+def _check_config_type(name: str, config, path: str) -> None:
+  try:
+    config_lib.checked_config(path.split(":", 1)[0], config)
+  except UserError as e:
+    raise UserError(f"{name}: {e}") from None
+
+
+def _forget_config_module() -> None:
+  """config_flags loads a config file as the module 'config_config' with
+  SourceFileLoader.load_module, which runs the file in the module of that name
+  loaded before, if any: a second command in one process (a test, a notebook)
+  would keep the first file's get_config() where the second has none."""
+  sys.modules.pop("config_config", None)
+
+
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _load_config(fv: flags.FlagValues) -> None:
   """config_flags keeps a config file it cannot read as an error that is
   raised when the config is first used (deep in a command): use it now."""
   if "config" in fv and fv["config"].value is not None:
-    fv["config"].value.keys()
+    getattr(fv["config"].value, "keys", None)  # config_flags' stand-in raises here
 
 
 def _config_path(argv: Sequence[str]) -> str:

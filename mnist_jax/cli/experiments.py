@@ -77,11 +77,14 @@ def _define_placement(fv: flags.FlagValues) -> None:
                      "a GPU)", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_float("cpus_per_run", 1.0, "CPUs per Ray task", lower_bound=0.0,
                      flag_values=fv)
+  flags.DEFINE_bool("ray_dashboard", False, "a Ray started on this machine also "
+                    "starts its dashboard (http://127.0.0.1:8265)", flag_values=fv)
 
 
 def _placement(fv: flags.FlagValues) -> dict:
   return {"executor": fv.executor, "address": fv.address,
-          "gpus_per_run": fv.gpus_per_run, "cpus_per_run": fv.cpus_per_run}
+          "gpus_per_run": fv.gpus_per_run, "cpus_per_run": fv.cpus_per_run,
+          "dashboard": fv.ray_dashboard}
 
 
 def study(fv: flags.FlagValues, args: List[str]) -> int:

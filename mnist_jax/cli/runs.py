@@ -14,7 +14,7 @@ from absl import flags
 
 from mnist_jax.cli.command import (Command, define_config, define_data_dir,
                                    define_device_flags, start_jax)
-from mnist_jax.core import runtime
+from mnist_jax.core import config as config_lib, runtime
 from mnist_jax.core.errors import UserError
 
 
@@ -38,11 +38,16 @@ def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def parse_seeds(texts: List[str]) -> List[int]:
+  if not texts:
+    raise UserError("--seeds is empty (--seeds=): give seeds separated by commas, "
+                    "e.g. --seeds 0,1,2, or leave --seeds out to train the config's seed.")
   try:
     seeds = [int(s) for s in texts]
   except ValueError:
     raise UserError(f"--seeds {','.join(texts)}: give whole numbers separated by "
                     "commas, e.g. --seeds 0,1,2.") from None
+  for seed in seeds:  # the range config.seed allows
+    config_lib.validate_seed(seed, f"--seeds: seed {seed}")
   if len(set(seeds)) != len(seeds):
     raise UserError(f"--seeds {','.join(texts)}: give each seed once.")
   return seeds

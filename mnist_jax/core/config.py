@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from typing import Any, Iterator, Mapping, Tuple
+import traceback
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 import ml_collections
 from absl import flags
@@ -62,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The last N images of the training split (tfds's fixed order) are held out
   # for validation: every choice uses them, never the test set. 0 = none.
   config.data.validation_size = 0
+  # A train split sharing images with the test split is refused (the test
+  # accuracy would not be held out): True says the overlap is meant.
+  config.data.allow_test_overlap = False
 
   # On-device augmentation of the training images, inside the jitted step
   # (mnist_jax/core/augment.py); per-image parameters drawn uniformly.
@@ -106,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects settings that cannot train, with a sentence saying what to change."""
+  validate_no_none(config)
   validate_finite(config)
   validate_seed(config.seed)
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_dispatch"):
@@ -147,6 +152,25 @@ def _leaves(tree: Mapping, prefix: str = "") -> Iterator[Tuple[str, Any]]:
       yield f"{prefix}{key}", value
 
 
+def validate_no_none(config: ml_collections.ConfigDict) -> None:
+  """Rejects a field set to None (`--config.model.hidden_features=None`): no
+  field takes None, and the model would fail on it deep in its code."""
+  for key, value in _leaves(config.to_dict()):
+    if value is None:
+      field = key.split("[")[0]
+      raise UserError(f"config.{field} = {config_value(config, field)} holds None: give "
+                      "it a value, e.g. its config file's (a tuple field takes a tuple "
+                      "such as '(128,)' or '()').")
+
+
+def config_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of field `dotted` ('model.hidden_features') of `config`."""
+  node = config
+  for key in dotted.split("."):
+    node = node[key]
+  return node
+
+
 def validate_finite(config: ml_collections.ConfigDict, name: str = "config") -> None:
   """Rejects a NaN or infinite number anywhere in the config: a NaN learning
   rate or rotation would otherwise train, diverge and be blamed on the rate."""
@@ -155,12 +179,13 @@ def validate_finite(config: ml_collections.ConfigDict, name: str = "config") -> 
       raise UserError(f"{name}.{key} = {value}: it must be a finite number.")
 
 
-def validate_seed(seed: Any) -> None:
-  """Rejects a seed that JAX's PRNG would truncate into another run's seed."""
+def validate_seed(seed: Any, label: Optional[str] = None) -> None:
+  """Rejects a seed that JAX's PRNG would truncate into another run's seed;
+  `label` names where it was given (default: config.seed)."""
   if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-    raise UserError(f"config.seed = {seed}: use a whole number from 0 to {MAX_SEED} "
-                    "(2**32 - 1); JAX keeps only a seed's low 32 bits, so a larger "
-                    "one would train another seed's run.")
+    raise UserError(f"{label or f'config.seed = {seed}'}: use a whole number from 0 "
+                    f"to {MAX_SEED} (2**32 - 1); JAX keeps only a seed's low 32 bits, "
+                    "so a larger one would train another seed's run.")
 
 
 def _validate_selection(config: ml_collections.ConfigDict) -> None:
@@ -202,14 +227,68 @@ def validate_augment(aug: ml_collections.ConfigDict) -> None:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file; a relative path is taken from the repo root."""
+  """`get_config()` of a config file; a relative path is taken from the repo root.
+  Whatever goes wrong in the file is a UserError naming it (config_file_error)."""
   full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
   if not os.path.isfile(full):
     raise UserError(f"config file {full} not found: give a path under configs/.")
   spec = importlib.util.spec_from_file_location("config_file", full)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise no_get_config(full)
+    return checked_config(full, module.get_config())
+  except (Exception, SystemExit) as e:  # the file's own code: anything at all
+    error = config_file_error(full, e)
+    if error is None:
+      raise
+    raise error from None
+
+
+def config_file_error(path: str, error: BaseException) -> Optional[UserError]:
+  """An exception, or a sys.exit, that the config file's own code raised (at
+  import or in get_config()), as one line naming the file and its line; None
+  if `error` did not come from the file. config_flags re-raises a ValueError
+  or TypeError of the file as another one: the file's is in the chain."""
+  path = path.split(":", 1)[0]  # config_flags' 'file.py:argument'
+  for e in _chain(error):
+    lines = [frame.f_lineno for frame, _ in traceback.walk_tb(e.__traceback__)
+             if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path)]
+    if not lines:
+      continue
+    if isinstance(e, SystemExit):
+      return UserError(f"the config file {path} called sys.exit({e.code}) (line "
+                       f"{lines[-1]}): a config file defines get_config(), which returns "
+                       "the config (see configs/mlp.py).")
+    what = " ".join(f"{type(e).__name__}: {e}".split())
+    return UserError(f"the config file {path} raised {what} (line {lines[-1]}): correct "
+                     "it, or give another config, e.g. --config configs/cnn.py.")
+  return None
+
+
+def no_get_config(path: str) -> UserError:
+  return UserError(f"the config file {path} defines no get_config(): define one that "
+                   "returns the config (see configs/mlp.py).")
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+  """`error`, then the exceptions it was raised from or while handling."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def checked_config(path: str, config: Any) -> ml_collections.ConfigDict:
+  """`config`, what get_config() of the file `path` returned, if it is a config."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    what = "None" if config is None else f"a {type(config).__name__}"
+    raise UserError(f"get_config() of the config file {path} returned {what}: it must "
+                    "return an ml_collections.ConfigDict, e.g. base_config() with its "
+                    "model set (see configs/mlp.py).")
+  return config
 
 
 def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -9,9 +9,11 @@ first compile.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import traceback
 import warnings
-from typing import Optional
+from typing import List, Optional
 
 from mnist_jax.core.errors import UserError
 
@@ -99,8 +101,7 @@ def use_eigen_cpu_convolutions() -> None:
   if not _jaxlib_has_ynn_flag() or not _add_xla_flag(YNN_FUSION_FLAG,
                                                      "-individual_convolution"):
     return
-  bridge = sys.modules.get("jax._src.xla_bridge")
-  if bridge is not None and bridge.backends_are_initialized():
+  if _backends_started():
     warnings.warn("JAX started its backends before mnist_jax was imported, so its CPU "
                   "convolutions stay YNNPACK's (slower here, other bits than the "
                   "CLI's runs): import mnist_jax before using JAX.", stacklevel=3)
@@ -135,3 +136,91 @@ def init_multihost(coordinator_address: Optional[str] = None,
                     f"({' '.join(str(e).split())}): on one machine drop --multihost; "
                     "elsewhere pass --coordinator_address host:port, --num_processes "
                     "and --process_id.") from None
+
+
+def device_memory_bytes() -> int:
+  """Memory one training copy of a model can use: the first device's limit
+  (GPU, TPU), else the host's available memory (Linux's MemAvailable, which
+  counts reclaimable caches; else all its memory)."""
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# XLA_FLAGS already checked in this process (a check runs a child process).
+_CHECKED_XLA_FLAGS = set()
+
+
+def check_xla_flags() -> None:
+  """A UserError if XLA cannot parse XLA_FLAGS: XLA stops the process (a fatal
+  log line, SIGABRT) when its first backend starts, so a child process asks
+  XLA first, and only where XLA_FLAGS holds more than this project's own
+  flags (a user's) and no backend has started yet."""
+  value = os.environ.get("XLA_FLAGS", "")
+  mine = " ".join(_user_xla_flags(value))
+  if value in _CHECKED_XLA_FLAGS or not mine or _backends_started():
+    return
+  not_flags = [word for word in value.split() if not word.startswith("--")]
+  if not_flags:
+    raise UserError(f"XLA_FLAGS={mine!r}: {not_flags[0]!r} is no flag; XLA takes "
+                    "--name=value words: correct or unset XLA_FLAGS.")
+  probe = subprocess.run([sys.executable, "-c", "from jaxlib import xla_client; "
+                          "xla_client.CompileOptions()"],  # parses XLA_FLAGS
+                         capture_output=True, text=True, env=dict(os.environ))
+  if probe.returncode != 0:
+    lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line]
+    why = (lines or probe.stderr.splitlines() or ["XLA stopped"])[-1].split("] ", 1)[-1]
+    raise UserError(f"XLA_FLAGS={mine!r} stops XLA ({why.strip()}): correct or unset "
+                    "XLA_FLAGS.")
+  _CHECKED_XLA_FLAGS.add(value)
+
+
+def _user_xla_flags(value: str) -> List[str]:
+  """The words of XLA_FLAGS that this project did not add."""
+  ours = {f"{YNN_FUSION_FLAG}=-individual_convolution",
+          f"{GPU_DETERMINISTIC_FLAG}=true", f"{GPU_DETERMINISTIC_FLAG}=false"}
+  return [word for word in value.split() if word not in ours]
+
+
+def _backends_started() -> bool:
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  return bridge is not None and bridge.backends_are_initialized()
+
+
+def platform_error(error: Exception) -> Optional[UserError]:
+  """JAX's error for a platform it cannot start (JAX_PLATFORMS=gpu on a
+  machine without one: a RuntimeError, or for 'cuda' an AssertionError) as
+  one line; None for any other error."""
+  if not _raised_starting_backends(error):
+    return None
+  import jax
+  wanted = jax.config.jax_platforms
+  text = " ".join(str(error).split())
+  if isinstance(error, RuntimeError) and text.startswith("Unable to initialize backend"):
+    why = text.split(" (set JAX_PLATFORMS=")[0].split(" (you may need")[0]
+  elif isinstance(error, AssertionError) and wanted:
+    why = "no device of it is visible"
+  else:
+    return None
+  if not wanted:
+    return UserError(f"JAX cannot start its platforms ({why}): set JAX_PLATFORMS=cpu, "
+                     "or uninstall the plugin package that fails.")
+  return UserError(f"JAX_PLATFORMS={wanted} names a platform JAX cannot start here "
+                   f"({why}): set JAX_PLATFORMS to one this machine has (e.g. cpu), "
+                   "or unset it to let JAX choose.")
+
+
+def _raised_starting_backends(error: Exception) -> bool:
+  """Whether `error` came from JAX starting its backends, which did not start."""
+  frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+  return (bool(frames) and frames[-1].f_code.co_filename.endswith("xla_bridge.py")
+          and not _backends_started())

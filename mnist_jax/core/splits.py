@@ -25,7 +25,7 @@ examples. `interleave_order` repeats that order (tested against tf.data).
 
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -87,9 +87,30 @@ def empty_split(split: str) -> UserError:
 
 
 def validate_splits(config: ml_collections.ConfigDict) -> None:
-  """Checks config.data.train_split and test_split (see split_size)."""
+  """Checks config.data.train_split and test_split (see split_size), and that
+  they share no image unless config.data.allow_test_overlap says it is meant
+  (the validation split is carved from the train split, so it is covered)."""
   for key in ("train_split", "test_split"):
     split_size(config.data[key], f"config.data.{key}")
+  shared = overlap(config.data.train_split, config.data.test_split)
+  if shared and not config.data.get("allow_test_overlap", False):
+    raise UserError(
+        f"config.data.train_split = {config.data.train_split!r} shares {shared:,} "
+        f"images with config.data.test_split = {config.data.test_split!r}: the test "
+        "accuracy would not be held out (and a validation choice could use test "
+        "images). Use disjoint splits, or set --config.data.allow_test_overlap=True "
+        "if the overlap is meant.")
+
+
+def overlap(a: str, b: str, shard_lengths: ShardLengths = MNIST_SHARD_LENGTHS) -> int:
+  """How many images the split strings `a` and `b` both select."""
+  def selected(split: str) -> Dict[str, np.ndarray]:
+    masks = {name: np.zeros(sum(lengths), bool) for name, lengths in shard_lengths.items()}
+    for name, where in file_pieces(split, shard_lengths):
+      masks[name][where] = True
+    return masks
+  in_a, in_b = selected(a), selected(b)
+  return int(sum((in_a[name] & in_b[name]).sum() for name in shard_lengths))
 
 
 def interleave_order(lengths: Sequence[int], cycle_length: int = CYCLE_LENGTH,

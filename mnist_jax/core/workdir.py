@@ -46,7 +46,7 @@ def make_workdir(workdir: str) -> str:
 
 
 @contextlib.contextmanager
-def locked(workdir: str, hold: bool = True) -> Iterator[None]:
+def locked(workdir: str, hold: bool = True, flag: str = "--workdir") -> Iterator[None]:
   """Holds `workdir` for this process: a second `train` on it is refused at once.
 
   An OS lock (fcntl.flock) on <workdir>/train.lock, which holds the holder's
@@ -55,7 +55,8 @@ def locked(workdir: str, hold: bool = True) -> Iterator[None]:
   the same flock, but its `pid` reads only its soft-lock fallback (with flock
   it raises AttributeError, tried), so recording the PID would need this file
   handling anyway. Creates the workdir. `hold=False` (a multi-host run's
-  processes other than 0, which share the workdir) takes no lock.
+  processes other than 0, which share the workdir) takes no lock. `flag`:
+  the command's flag that names the folder (a study's is --out).
   """
   if not hold:
     yield
@@ -71,7 +72,7 @@ def locked(workdir: str, hold: bool = True) -> Iterator[None]:
     except BlockingIOError:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
       raise UserError(f"{workdir} is being trained by process {holder}: wait for it "
-                      "to finish or stop it, or use another --workdir.") from None
+                      f"to finish or stop it, or use another {flag}.") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:

@@ -71,7 +71,8 @@ from mnist_jax.engine.mesh import (
   shard_indices,
   to_host,
 )
-from mnist_jax.engine.state import create_train_state, run_keys, steps_per_epoch
+from mnist_jax.engine.state import (check_fits_in_memory, create_train_state, run_keys,
+                                    steps_per_epoch)
 from mnist_jax.engine.steps import (
   all_finite,
   all_finite_per_seed,
@@ -309,6 +310,7 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
   check_group(seeds, workdirs)
   config_lib.validate(config)
   build_model(config.model)  # rejects an impossible architecture before any work
+  check_fits_in_memory(config, len(seeds))  # before XLA is asked to allocate it
   splits.validate_splits(config)  # a bad or empty split, before a workdir is touched
   # One process trains a workdir: a second is refused at once (process 0 holds it).
   with contextlib.ExitStack() as held:

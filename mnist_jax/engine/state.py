@@ -10,7 +10,7 @@ import ml_collections
 from flax import struct
 from flax.training import train_state
 
-from mnist_jax.core import data as data_lib
+from mnist_jax.core import data as data_lib, runtime
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.optim import make_optimizer, make_schedule
@@ -76,6 +76,26 @@ def create_train_state(config: ml_collections.ConfigDict, init_rng: jax.Array,
                            ema_params=copy(params) if ema_decay > 0 else None,
                            ema_batch_stats=copy(batch_stats) if ema_decay > 0 else {},
                            ema_decay=ema_decay)
+
+
+def check_fits_in_memory(config: ml_collections.ConfigDict, copies: int = 1) -> None:
+  """Refuses a model whose training state cannot fit in memory, before XLA is
+  asked to allocate it (it aborts the process). Counted from the state's
+  shapes alone (jax.eval_shape: nothing is allocated): parameters, optimizer
+  state and moving averages, plus the gradients, once per seed trained
+  together (`copies`) and, on the CPU, once per device (each holds a replica
+  in the host's memory)."""
+  state = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0), 1))
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  per_device = jax.local_device_count() if jax.devices()[0].platform == "cpu" else 1
+  need = (nbytes(state) + nbytes(state.params)) * copies * per_device
+  have = runtime.device_memory_bytes()
+  if need > have:
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    raise UserError(f"model {config.model.name}: {params:,} parameters need about "
+                    f"{need / 2**30:,.1f} GiB to train (parameters, optimizer state "
+                    f"and gradients) and {jax.devices()[0].platform} has "
+                    f"{have / 2**30:,.1f} GiB: make config.model smaller.")
 
 
 def stack(trees: Sequence[Any]):

@@ -5,7 +5,8 @@ trains the jobs one after another in this process, as studies always did.
 `ray` makes each job one Ray task with `cpus_per_run` CPUs and
 `gpus_per_run` GPUs (a fraction packs several small runs on one GPU): Ray
 starts embedded on this machine (`ray.init()`, ~4-7 s here, 22 s on a
-loaded host), or joins the cluster at `address` / $RAY_ADDRESS. Each task
+loaded host; listening on 127.0.0.1 only, no dashboard unless asked, see
+_start_ray), or joins the cluster at `address` / $RAY_ADDRESS. Each task
 runs in a fresh worker process (max_calls=1) whose JAX sees only the task's
 devices (Ray sets CUDA_VISIBLE_DEVICES; a task without GPUs gets
 JAX_PLATFORMS=cpu), so a run is data-parallel over those devices only.
@@ -21,12 +22,15 @@ then ends it with a non-zero exit. One progress line per finished run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import socket
+import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
@@ -46,6 +50,7 @@ class Placement:
   address: Optional[str] = None  # a Ray cluster's; None: $RAY_ADDRESS or embedded
   gpus_per_run: float = 0.0
   cpus_per_run: float = 1
+  dashboard: bool = False  # a Ray started here: its dashboard (127.0.0.1:8265)
 
   def check(self) -> None:
     if self.executor not in EXECUTORS:
@@ -88,11 +93,30 @@ def train_recorded(job: Job, train: TrainJob, data) -> Outcome:
   try:
     finals = train(job, data)
   except UserError as e:
+    reason = study_advice(str(e), job)
     for run in job:
-      run_dir.write_failure(run.workdir, str(e))
-    return Outcome(job, time.perf_counter() - start, [None] * len(job), str(e))
+      run_dir.write_failure(run.workdir, reason)
+    return Outcome(job, time.perf_counter() - start, [None] * len(job), reason)
   return Outcome(job, time.perf_counter() - start,
                  [f["test_accuracy"] for f in finals])
+
+
+# How a run's message names `train`'s flags, and what a study says instead:
+# `study` has no --force (deleting the run's folder makes the study train it
+# from the start) and names its folder with --out.
+_TRAIN_ADVICE = ((r"with `train \.\.\. --force`", "by deleting {folder}"),
+                 (r"pass --force", "delete {folder}"),
+                 (r"`?(train \.\.\. )?--force`?", "deleting {folder}"),
+                 (r"--workdir\b", "--out"))
+
+
+def study_advice(message: str, job: Optional[Job] = None) -> str:
+  """A run's error message (of `job`'s runs, if known) with advice that a
+  study can follow."""
+  folder = " and ".join(run.workdir for run in job) if job else "that run's folder"
+  for pattern, advice in _TRAIN_ADVICE:
+    message = re.sub(pattern, advice.format(folder=folder), message)
+  return message
 
 
 class Progress:
@@ -169,6 +193,65 @@ def _check_resources(ray, placement: Placement) -> None:
                     f"{most[0]:g} and {most[1]:g}): lower --cpus_per_run/--gpus_per_run.")
 
 
+def _start_ray(ray, placement: Placement) -> Optional[subprocess.Popen]:
+  """Joins the cluster at --address / $RAY_ADDRESS, or starts Ray on this
+  machine: then every Ray server listens on 127.0.0.1 only, there is no
+  dashboard unless --ray_dashboard, and a guard (studies/ray_guard.py) ends
+  the agents Ray would leave running if this process died. Returns the guard."""
+  address = placement.address or os.environ.get("RAY_ADDRESS")
+  if address:
+    ray.init(address=address)
+    return None
+  with _loopback_only(ray):  # 'local': a new instance, never a stray one found here
+    ray.init(address="local", include_dashboard=placement.dashboard)
+  raylet = _child_raylet()
+  if raylet is None:
+    return None
+  return subprocess.Popen([sys.executable, "-m", "mnist_jax.studies.ray_guard",
+                           str(raylet)], stdin=subprocess.PIPE, start_new_session=True)
+
+
+@contextlib.contextmanager
+def _loopback_only(ray) -> Iterator[None]:
+  """Ray's single-machine mode, in which its node address is 127.0.0.1 and so
+  every server it starts binds there. Ray 2.60 has no public option for it:
+  `_node_ip_address="127.0.0.1"` is rewritten to the host's address
+  (services.resolve_ip_for_localhost), and its GCS, raylet, workers and agents
+  listened on 0.0.0.0 (measured with `ss -ltnp`). The mode is macOS's and
+  Windows' default, chosen by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray
+  reads when imported (ray_constants.ENABLE_RAY_CLUSTER) and its processes
+  inherit."""
+  constants = ray._private.ray_constants
+  before = os.environ.get(_SINGLE_MACHINE_ENV), constants.ENABLE_RAY_CLUSTER
+  os.environ[_SINGLE_MACHINE_ENV] = "0"
+  constants.ENABLE_RAY_CLUSTER = False
+  try:
+    yield
+  finally:
+    constants.ENABLE_RAY_CLUSTER = before[1]
+    if before[0] is None:
+      os.environ.pop(_SINGLE_MACHINE_ENV)
+    else:
+      os.environ[_SINGLE_MACHINE_ENV] = before[0]
+
+
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _child_raylet() -> Optional[int]:
+  """The PID of the raylet this process started (Linux's /proc), or None."""
+  for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        fields = f.read().rsplit(")", 1)
+    except OSError:
+      continue
+    comm = fields[0].split("(", 1)[-1]
+    if comm == "raylet" and int(fields[1].split()[1]) == os.getpid():
+      return int(name)
+  return None
+
+
 def _result(ray, ref, job: Job) -> Outcome:
   """The task's outcome; a worker that died more than MAX_RETRIES times (or a
   lost node) fails the job, while an exception of ours (a bug) stops the study
@@ -190,8 +273,9 @@ def _run_on_ray(jobs: Sequence[Job], train: TrainJob, load_data, placement: Plac
   """One Ray task per job; Ray is started here (and stopped) unless it runs already."""
   ray = _import_ray()
   started = not ray.is_initialized()
-  if started:  # 'local' starts a new instance, never a stray one found on this host
-    ray.init(address=placement.address or os.environ.get("RAY_ADDRESS") or "local")
+  guard = None
+  if started:
+    guard = _start_ray(ray, placement)
   try:
     _check_resources(ray, placement)
     # max_calls=1: a fresh process per run, so JAX sees only this task's GPUs
@@ -213,6 +297,9 @@ def _run_on_ray(jobs: Sequence[Job], train: TrainJob, load_data, placement: Plac
   finally:
     if started:
       ray.shutdown()
+    if guard is not None:
+      guard.stdin.close()  # the guard ends what shutdown left, then exits
+      guard.wait()
 
 
 def raise_failures(runs: Sequence[Run]) -> None:

@@ -118,7 +118,8 @@ def train_job(job: Sequence[Run], data, train_fn: Callable) -> List[Dict]:
 def jobs_left(runs: Sequence[Run], vmap_seeds: bool, log: Callable,
               study_name: str) -> List[List[Run]]:
   """The runs still to train, as jobs: a point's fresh seeds together (with
-  `vmap_seeds`, see seed_groups), else one run each. Finished runs are skipped."""
+  `vmap_seeds`, see seed_groups), else one run each. Finished runs are skipped,
+  and an earlier failure of theirs is forgotten."""
   jobs = seed_groups(runs) if vmap_seeds else []
   for group in jobs:
     log(f"[{study_name}] {group[0].point.name} seeds {[r.seed for r in group]}: "
@@ -130,6 +131,7 @@ def jobs_left(runs: Sequence[Run], vmap_seeds: bool, log: Callable,
       continue
     if is_finished(run):
       log(f"{tag}: finished before, skipped")
+      run_dir.clear_failure(run.workdir)  # it failed once, then finished
       if not run_dir.read_extras(run.workdir).get("num_params"):
         record_extras(run)
     else:
@@ -182,7 +184,7 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
               after_run: Optional[AfterRun] = None, log: Callable = print,
               vmap_seeds: bool = False, executor: str = "inline",
               address: Optional[str] = None, gpus_per_run: float = 0.0,
-              cpus_per_run: float = 1) -> List[Run]:
+              cpus_per_run: float = 1, dashboard: bool = False) -> List[Run]:
   """Trains every unfinished run of the study; returns all runs.
 
   `after_run(run, load_data)` is called for every finished run, old or new
@@ -192,7 +194,8 @@ def run_study(study: Study, preset: Preset, study_dir: str, *,
   runs (executor.py); a run that failed is in its failed.json
   (executor.raise_failures).
   """
-  placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run)
+  placement = executor_lib.Placement(executor, address, gpus_per_run, cpus_per_run,
+                                     dashboard)
   placement.check()
   check_study_dir(study_dir)
   for point in study.points:

@@ -3,7 +3,8 @@ NAME` (and `python experiments/NAME.py`) runs.
 
 Trains what is not finished yet, then builds the tables (Markdown, LaTeX, CSV)
 under <out>/tables and the figures (PNG, PDF) under <out>/figures from the
-run directories. The default <out> is runs/studies/<study>/<preset>[-quick].
+run directories. The default <out> is runs/studies/<study>/<preset>[-quick]; the study holds
+<out> (its train.lock) while it runs, so a second study on it is refused.
 Runs that failed (a UserError) are named after the tables, exit status 2.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, List, Optional
 
+from mnist_jax.core import workdir
 from mnist_jax.core.errors import UserError
 from mnist_jax.studies import executor as executor_lib
 from mnist_jax.studies import results as aggregate, runner as study_lib, spec
+from mnist_jax.studies.results import check_study_dir
 
 # report(study, preset, study_dir, results) -> paths of the tables and figures written
 Report = Callable[[spec.Study, spec.Preset, str,
@@ -41,19 +44,34 @@ def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report, *,
     raise UserError(f"study {study.name} has no preset {preset!r}: use one of "
                     f"{', '.join(sorted(presets))}.")
   chosen = spec.quick(presets[preset]) if quick else presets[preset]
-  out = out or default_out(study, preset, quick)
-  runs = []
-  if not tables_only:
-    after_run = after_run_for(chosen) if after_run_for else None
-    runs = study_lib.run_study(study, chosen, out, mnist_dir=mnist_dir,
-                               after_run=after_run, vmap_seeds=vmap_seeds,
-                               **(placement or {}))
-  results = aggregate.collect(study, chosen, out)
-  paths = report(study, chosen, out, results)
+  out = default_out(study, preset, quick) if out is None else out
+  if not out.strip():
+    raise UserError("--out is empty (--out=): name a folder for the study's runs, or "
+                    f"leave --out out for the default ({default_out(study, preset, quick)}).")
+  check_study_dir(out)
+  executor_lib.Placement(**(placement or {})).check()  # before the lock creates `out`
+  # One study at a time per folder: a second is refused at once rather than
+  # finding the first one's runs locked and recording them as failed.
+  # --tables_only on a folder not made yet takes no lock (it creates nothing).
+  try:
+    with workdir.locked(out, hold=not tables_only or os.path.isdir(out), flag="--out"):
+      runs = [] if tables_only else study_lib.run_study(
+          study, chosen, out, mnist_dir=mnist_dir,
+          after_run=after_run_for(chosen) if after_run_for else None,
+          vmap_seeds=vmap_seeds, **(placement or {}))
+      paths = _report(study, chosen, out, report)
+  except UserError as e:  # a run's damaged file, read here: advice for `study`
+    raise UserError(executor_lib.study_advice(str(e))) from None
+  executor_lib.raise_failures(runs)
+  return paths
+
+
+def _report(study: spec.Study, preset: spec.Preset, out: str, report: Report) -> List[str]:
+  """Writes the study's tables and figures from its runs, prints the Markdown ones."""
+  paths = report(study, preset, out, aggregate.collect(study, preset, out))
   for path in paths:
     if path.endswith(".md"):
       with open(path) as f:
         print(f"\n{path}\n" + f.read())
   print("wrote " + ", ".join(paths))
-  executor_lib.raise_failures(runs)
   return paths
