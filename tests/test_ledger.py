@@ -33,6 +33,23 @@ def test_attribute_shares_overlapping_time_by_hand():
   assert ledger.step_spans_us(events) == 15 + 10  # each step's first start to last end
 
 
+def test_an_asynchronous_operation_lasts_until_its_end_event():
+  """XLA:CPU's convolution event ends at its hand-off to the thread pool; its
+  'end: NAME' event marks when it completes."""
+  trace = lambda name, ts, dur: {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": 7,
+                                 "args": {"hlo_op": name, "run_id": "1"}}
+  ops = [trace("conv", 0, 1), trace("add", 2, 3), trace("conv", 20, 1)]
+  ends = [{"ph": "X", "name": "end: conv", "ts": 10, "dur": 0.1},
+          {"ph": "X", "name": "end: add", "ts": 4.9, "dur": 0.1},
+          {"ph": "X", "name": "end: conv", "ts": 21, "dur": 0.1}]
+  events = ledger.op_events(ops, ledger.completions(ops + ends))
+  assert [(e.name, e.start, e.end) for e in events] == [
+      ("conv", 0, 10), ("add", 2, 5), ("conv", 20, 21)]
+  assert events[1].thread == 7 and events[0].thread != 7  # the conv has its own lane
+  # 0-2: conv alone; 2-5 shared with add; 5-10 conv alone; 20-21 conv.
+  assert ledger.attribute(events) == {"conv": 2 + 1.5 + 5 + 1, "add": 1.5}
+
+
 def test_dot_and_convolution_flops_are_two_per_multiply_add():
   m, k, n = 24, 40, 8
   program = Program(compiled(lambda a, b: jnp.tanh(a @ b), jnp.ones((m, k)),

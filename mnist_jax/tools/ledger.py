@@ -7,10 +7,12 @@ Profiles the compiled train step of each config (the training loop's own
 program, engine/steps.train_program, one step per call, as `benchmark` times
 it) over --steps calls under `jax.profiler.trace`, and attributes the step's
 milliseconds to the operations and fusions of the compiled program: XLA:CPU
-records one trace event per operation it runs (its `hlo_op`). Where events
-overlap in time (operations run side by side on several threads, or a loop
-around its body), each instant is shared equally among the innermost events
-running then, so the rows add up to the time the program was busy.
+records one trace event per operation it runs (its `hlo_op`), and for one it
+runs asynchronously (its convolutions, on the thread pool) an 'end:' event
+when it completes. Where operations overlap in time (side by side on several
+threads, asynchronous ones, or a loop around its body), each instant is
+shared equally among the innermost ones running then, so the rows add up to
+the time the program was busy.
 
 Printed, per config (markdown tables):
 - the step time measured by the wall clock over the traced calls, the sum of
@@ -28,6 +30,7 @@ Printed, per config (markdown tables):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import glob
 import gzip
@@ -52,7 +55,7 @@ class OpEvent:
   name: str
   start: float
   end: float
-  thread: int
+  thread: object  # the thread it ran on, or a lane of its own if asynchronous
   step: str  # the trace's run_id: one per call of the program
 
 
@@ -73,9 +76,33 @@ def trace_events(call: Callable[[], object], steps: int, module: str):
   ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})
          and e["args"].get("hlo_module") == module]
   first_device = min((e["args"].get("device_ordinal", "0") for e in ops), default="0")
-  return [OpEvent(e["args"]["hlo_op"], e["ts"], e["ts"] + e["dur"], e["tid"],
-                  e["args"].get("run_id", ""))
-          for e in ops if e["args"].get("device_ordinal", "0") == first_device], wall
+  ops = [e for e in ops if e["args"].get("device_ordinal", "0") == first_device]
+  return op_events(ops, completions(events)), wall
+
+
+def completions(events) -> Dict[str, List[float]]:
+  """Per operation name, the sorted times of its 'end: NAME' events."""
+  ends = defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and e.get("name", "").startswith("end: "):
+      ends[e["name"][len("end: "):]].append(e["ts"])
+  return {name: sorted(times) for name, times in ends.items()}
+
+
+def op_events(ops, ends: Dict[str, List[float]]) -> List[OpEvent]:
+  """OpEvents of trace events, each ending at its completion. XLA:CPU runs
+  some operations (its convolutions) asynchronously: their trace event ends
+  when the work is handed to the thread pool, and the 'end: NAME' event
+  records when it completes; such an operation gets a lane of its own."""
+  out = []
+  for i, e in enumerate(sorted(ops, key=lambda e: e["ts"])):
+    name, start, end = e["args"]["hlo_op"], e["ts"], e["ts"] + e["dur"]
+    later = ends.get(name, [])
+    k = bisect.bisect_left(later, start)
+    done = later.pop(k) if k < len(later) else end  # each end closes one execution
+    out.append(OpEvent(name, start, max(end, done), ("async", i) if done > end else e["tid"],
+                       e["args"].get("run_id", "")))
+  return out
 
 
 def attribute(events: Sequence[OpEvent]) -> Dict[str, float]:
