@@ -36,6 +36,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -133,6 +134,24 @@ def step_spans_us(events: Sequence[OpEvent]) -> float:
   return sum(max(e.end for e in s) - min(e.start for e in s) for s in spans.values())
 
 
+def op_costs(program: Program, name: str) -> Dict:
+  """An operation's kind, FLOPs and bytes per call, and its JAX source."""
+  op = program.ops.get(name)
+  if op is None:
+    return {"kind": "not in the HLO", "flops": 0, "matmul_flops": 0, "bytes": 0,
+            "source": ""}
+  return {"kind": program.kind(op), "flops": program.flops(op),
+          "matmul_flops": program.matmul_flops(op), "bytes": program.bytes(op),
+          "source": program.source(op)}
+
+
+def with_rates(row: Dict, step_ms: float) -> Dict:
+  """`row` with its share of the step, GFLOP/s and GB/s."""
+  ms = row["ms"]
+  return {**row, "share": ms / step_ms, "gflop_s": row["flops"] / ms / 1e6 if ms else 0.0,
+          "gb_s": row["bytes"] / ms / 1e6 if ms else 0.0}
+
+
 def op_rows(program: Program, times_us: Dict[str, float], events: Sequence[OpEvent],
             steps: int, step_ms: float) -> List[Dict]:
   """One row per operation, per step, slowest first."""
@@ -141,17 +160,11 @@ def op_rows(program: Program, times_us: Dict[str, float], events: Sequence[OpEve
     calls[e.name] += 1
   rows = []
   for name, us in sorted(times_us.items(), key=lambda item: -item[1]):
-    op = program.ops.get(name)
-    ms, per_step = us / 1e3 / steps, calls[name] / steps
-    flops = program.flops(op) * per_step if op else 0
-    nbytes = program.bytes(op) * per_step if op else 0
-    rows.append({"op": name, "kind": program.kind(op) if op else "not in the HLO",
-                 "ms": ms, "share": ms / step_ms, "calls": per_step,
-                 "flops": flops, "matmul_flops": program.matmul_flops(op) * per_step
-                 if op else 0, "bytes": nbytes,
-                 "gflop_s": flops / ms / 1e6 if ms else 0.0,
-                 "gb_s": nbytes / ms / 1e6 if ms else 0.0,
-                 "source": program.source(op) if op else ""})
+    per_step, costs = calls[name] / steps, op_costs(program, name)
+    for key in ("flops", "matmul_flops", "bytes"):
+      costs[key] *= per_step
+    rows.append(with_rates({"op": name, "ms": us / 1e3 / steps, "calls": per_step,
+                            **costs}, step_ms))
   return rows
 
 
@@ -164,11 +177,7 @@ def kind_rows(rows: Sequence[Dict], step_ms: float) -> List[Dict]:
     k["ops"] += 1
     for key in ("ms", "flops", "bytes"):
       k[key] += r[key]
-  out = sorted(kinds.values(), key=lambda k: -k["ms"])
-  for k in out:
-    k.update(share=k["ms"] / step_ms, gflop_s=k["flops"] / k["ms"] / 1e6 if k["ms"] else 0,
-             gb_s=k["bytes"] / k["ms"] / 1e6 if k["ms"] else 0)
-  return out
+  return [with_rates(k, step_ms) for k in sorted(kinds.values(), key=lambda k: -k["ms"])]
 
 
 def ledger(compiled, call: Callable[[], object], steps: int) -> Dict:
@@ -179,8 +188,9 @@ def ledger(compiled, call: Callable[[], object], steps: int) -> Dict:
   untraced_s = time_calls(call, steps)
   events, wall_s = trace_events(call, steps, program.module)
   if not events:
-    raise RuntimeError(f"the profiler recorded no operation of {program.module}; "
-                       "its trace has no per-operation events on this backend")
+    raise UserError(f"the profiler recorded no operation of {program.module} on "
+                    f"{jax.default_backend()}: --ledger needs XLA's per-operation trace "
+                    "events, which XLA:CPU records; run it on the CPU.")
   times_us = attribute(events)
   step_ms = 1e3 * wall_s
   rows = op_rows(program, times_us, events, steps, step_ms)
@@ -210,6 +220,12 @@ def markdown(rows: Sequence[Dict], columns: Dict[str, Callable[[Dict], object]])
   return "\n".join(lines)
 
 
+def short_source(op_name: str, width: int = 64) -> str:
+  """The op's JAX source without the program's name, its end kept if long."""
+  op_name = re.sub(r"^jit\([^)]*\)/", "", op_name)
+  return op_name if len(op_name) <= width else "..." + op_name[3 - width:]
+
+
 KIND_COLUMNS = {
     "kind": lambda r: r["kind"], "ops": lambda r: r["ops"], "ms": lambda r: r["ms"],
     "share": lambda r: f"{100 * r['share']:.1f}%", "MFLOP": lambda r: r["flops"] / 1e6,
@@ -217,7 +233,7 @@ KIND_COLUMNS = {
     "GB/s": lambda r: r["gb_s"]}
 OP_COLUMNS = {
     "op": lambda r: r["op"], **{k: f for k, f in KIND_COLUMNS.items() if k != "ops"},
-    "calls": lambda r: r["calls"], "from": lambda r: r["source"][-60:]}
+    "calls": lambda r: r["calls"], "from": lambda r: short_source(r["source"])}
 
 
 def report(label: str, result: Dict, top: int) -> str:
