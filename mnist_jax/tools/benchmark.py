@@ -22,6 +22,8 @@ MNIST, to compare the second epoch's images/s with the pure step's.
 same model, initial weights, batch, optimiser and schedule), NCHW and
 channels_last, in the same interleaved rounds, and reports ours / PyTorch's
 better format (`ours_vs_torch` > 1: ours is faster).
+`--ledger` instead profiles each config's train call and attributes its
+milliseconds to the compiled program's operations (tools/ledger.py).
 
 FLOPs are counted analytically, per layer, from the shapes the model sees:
 2 per multiply-add of each Conv and Dense layer (activations, pooling, the

@@ -38,7 +38,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections import defaultdict
 from typing import Callable, Dict, List, Sequence
 
