@@ -34,9 +34,21 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("against", "", "'torch': also time each config's PyTorch twin "
                       "(NCHW and channels_last) in the same rounds; needs the extra "
                       "`pip install -e .[bench]`", flag_values=fv)
+  flags.DEFINE_bool("ledger", False, "instead, profile --steps train steps of each config "
+                    "and attribute the step's time to the compiled program's operations, "
+                    "with their FLOPs and bytes (tools/ledger.py)", flag_values=fv)
+  flags.DEFINE_integer("top", 15, "--ledger: the slowest operations to list", flag_values=fv)
+  flags.DEFINE_string("ledger_out", "", "--ledger: also write every operation's row to "
+                      "this JSON file", flag_values=fv)
 
 
 def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
+  if fv.ledger:
+    from mnist_jax.tools import ledger
+    ledger.run(fv.configs, fv.variants, steps=fv.steps, top=fv.top, out=fv.ledger_out,
+               refused={"--against": fv.against, "--seeds": fv.seeds,
+                        "--e2e_split": fv.e2e_split, "--fixed_costs": fv.fixed_costs})
+    return 0
   if fv.fixed_costs:
     from mnist_jax.tools import fixed_costs
     fixed_costs.run(fv.fixed_costs, fv.configs, rounds=fv.rounds, out=fv.out)

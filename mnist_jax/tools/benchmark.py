@@ -22,6 +22,8 @@ MNIST, to compare the second epoch's images/s with the pure step's.
 same model, initial weights, batch, optimiser and schedule), NCHW and
 channels_last, in the same interleaved rounds, and reports ours / PyTorch's
 better format (`ours_vs_torch` > 1: ours is faster).
+`--ledger` instead profiles each config's train call and attributes its
+milliseconds to the compiled program's operations (tools/ledger.py).
 
 FLOPs are counted analytically, per layer, from the shapes the model sees:
 2 per multiply-add of each Conv and Dense layer (activations, pooling, the
@@ -122,15 +124,15 @@ class TrainCall:
     self.compile_s = time.perf_counter() - start
     self.train_s: List[float] = []
 
-  def _call(self):
+  def call(self):
     self.state, self.sums = self.step(self.state, self.sums, self.train_data, self.idx,
                                       *self.keys)
     return self.state.params, self.sums
 
   def run_round(self, steps: int) -> None:
     """Times `steps` calls, after one warm-up call."""
-    jax.block_until_ready(self._call())
-    self.train_s.append(time_calls(self._call, steps))
+    jax.block_until_ready(self.call())
+    self.train_s.append(time_calls(self.call, steps))
 
 
 class Case:
