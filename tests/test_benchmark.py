@@ -3,6 +3,8 @@
 import csv
 import types
 
+import jax
+import numpy as np
 import pytest
 
 from mnist_jax import UserError
@@ -28,11 +30,38 @@ def test_benchmark_writes_one_row_per_case(tmp_path):
   assert written[0]["case"] == "mlp" and float(written[0]["train_gflop_s"]) > 0
 
 
-def test_benchmark_times_seeds_vmapped_against_one_seed(tmp_path):
-  rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=1, seeds=2,
+def test_benchmark_times_seeds_vmapped_against_one_seed(tmp_path, monkeypatch):
+  """--seeds 2 times one program over both seeds' stacked states: one call
+  per step, as many calls as the single seed's, not one per seed."""
+  programs = []  # per train program: [stacked?, (its params, its indices' shape), calls]
+  build = benchmark.steps_lib.train_program
+
+  def spy_program(config, stacked=False, steps_per_call=None):
+    program, record = build(config, stacked, steps_per_call), [stacked, None, 0]
+    programs.append(record)
+
+    def lower(state, sums, train_data, idx, *keys):
+      record[1] = (jax.tree.map(np.asarray, state.params), idx.shape)  # before donation
+      args = (state, sums, train_data, idx, *keys)
+      compiled = program.lower(*args).compile()
+
+      def call(*call_args):
+        record[2] += 1
+        return compiled(*call_args)
+      return types.SimpleNamespace(compile=lambda: call)
+    return types.SimpleNamespace(lower=lower)
+
+  monkeypatch.setattr(benchmark.steps_lib, "train_program", spy_program)
+  rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=3, seeds=2,
                        out=str(tmp_path / "bench.csv"))
   assert rows[0]["seeds"] == 2 and rows[0]["seeds_total_img_s"] > 0
   assert rows[0]["seeds_vs_separate"] > 0  # its arithmetic: the test below
+  (single, (one_params, one_idx), one_calls), (stacked, (params, idx), calls) = programs
+  assert (single, stacked) == (False, True) and calls == one_calls == 1 + 3
+  assert idx == (2,) + one_idx
+  kernels = params["Dense_0"]["kernel"]
+  assert kernels.shape == (2,) + one_params["Dense_0"]["kernel"].shape
+  assert not np.array_equal(kernels[0], kernels[1])  # two seeds, not one copied
 
 
 def test_summary_row_on_made_up_timings_by_hand():
