@@ -212,6 +212,7 @@ def solo_run(real_mnist, seed, workdir):
   return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_cli_seeds_killed_mid_epoch_resume_to_an_unbroken_group_and_the_solo_runs(
     real_mnist, mnist_dir, tfds_dir, tmp_path):
