@@ -136,12 +136,12 @@ def test_a_damaged_copy_says_what_to_delete(cached, tmp_path, damage, reason):
   assert_one_line(error, reason, f"delete {version_dir} and run again", "MNIST_DIR")
 
 
-def test_the_cli_says_which_copy_to_delete(cached, tmp_path):
+def test_the_cli_says_which_copy_to_delete(cached, cli_here, tmp_path, monkeypatch):
   """dataset_info.json deleted: tfds alone would call the copy 'not prepared'."""
   data_dir, version_dir = damaged_copy(cached, tmp_path)
   (version_dir / "dataset_info.json").unlink()
-  result = run_cli(TRAIN_ONE_EPOCH + ["--workdir", str(tmp_path / "run")],
-                   {"TFDS_DATA_DIR": str(data_dir)})
+  monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+  result = cli_here(*TRAIN_ONE_EPOCH, "--workdir", tmp_path / "run")
   assert_one_error_line(result, "dataset_info.json is missing", f"delete {version_dir}")
 
 
