@@ -95,12 +95,12 @@ def decompression_bomb(path):
 
 
 def test_predict_reports_a_decompression_bomb_and_predicts_the_other_files(
-    tiny_run, tmp_path):
+    cli_here, tiny_run, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
   a_digit(folder / "a_digit.png")
   decompression_bomb(folder / "bomb.png")
-  result = run_cli("predict", "--workdir", tiny_run, folder)
+  result = cli_here("predict", "--workdir", tiny_run, folder)
   line = error_line(result, exit_status=1)
   assert "bomb.png: too large to decode safely" in line
   assert "a_digit.png: The number is probably a" in result.stdout
