@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import runpy
 import shutil
 import subprocess
 import sys
@@ -297,5 +298,8 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
   assert script.returncode == 0, script.stderr[-3000:]
   with open(out / "tables" / "kernel_size.csv") as f:
     assert list(csv.DictReader(f)) == rows
-  assert_one_line_error(run_cli("--preset", "gpu", script="experiments/kernel_size.py",
-                                env_extra={"PYTHONPATH": str(REPO)}), "no preset 'gpu'")
+  # Its error, as a script too (in this process: runpy runs it as __main__).
+  monkeypatch.setattr(sys, "argv", ["experiments/kernel_size.py", "--preset", "gpu"])
+  with pytest.raises(SystemExit) as exited:
+    runpy.run_path(str(REPO / "experiments" / "kernel_size.py"), run_name="__main__")
+  assert_one_line_error(Result(exited.value.code, *capsys.readouterr()), "no preset 'gpu'")
