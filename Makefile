@@ -34,7 +34,7 @@ test: install-test
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --hypothesis-profile=many
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -20,6 +20,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
+try:  # property tests: a few examples each in `make test`, many in `make test-all`
+  from hypothesis import settings
+except ImportError:  # the runtime alone: no property tests to set up
+  pass
+else:
+  settings.register_profile("few", max_examples=10, deadline=None)
+  settings.register_profile("many", max_examples=200, deadline=None)
+  settings.load_profile("few")  # `--hypothesis-profile=many` overrides it
+
 
 def ci_forbids_skips() -> bool:
   """True when $CI is set to true/1/yes, as CI services set it.
