@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -25,8 +26,14 @@ def assert_valid_png(path, name):
   assert pixels.std() > 5, f"{name} looks blank"
 
 
+def copy_of(run, tmp_path):
+  """The session's run, copied: a test that writes figures leaves it as it was."""
+  return str(shutil.copytree(run, tmp_path / "run"))
+
+
 @pytest.mark.real_data
-def test_every_figure_of_a_cnn_run(cnn_run, real_mnist):
+def test_every_figure_of_a_cnn_run(cnn_run, real_mnist, tmp_path):
+  cnn_run = copy_of(cnn_run, tmp_path)
   written, skipped = plots.make_figures(cnn_run, digit=3, data=real_mnist)
   assert skipped == {}
   assert set(written) == set(figures.FIGSIZES)
@@ -36,7 +43,8 @@ def test_every_figure_of_a_cnn_run(cnn_run, real_mnist):
 
 
 @pytest.mark.real_data
-def test_dense_run_skips_the_conv_figures_with_a_reason(mlp_run, real_mnist):
+def test_dense_run_skips_the_conv_figures_with_a_reason(mlp_run, real_mnist, tmp_path):
+  mlp_run = copy_of(mlp_run, tmp_path)
   written, skipped = plots.make_figures(mlp_run, data=real_mnist)
   assert set(skipped) == set(CONV_ONLY)
   assert all("no conv layers" in why for why in skipped.values())
@@ -76,7 +84,8 @@ def test_confusion_matrix_and_confident_errors():
 
 
 @pytest.mark.real_data
-def test_cli_plot_pdf(mlp_run, tfds_dir):
+def test_cli_plot_pdf(mlp_run, tfds_dir, tmp_path):
+  mlp_run = copy_of(mlp_run, tmp_path)
   env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
       [sys.executable, "-m", "mnist_jax", "plot", "--workdir", mlp_run,
