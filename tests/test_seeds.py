@@ -69,7 +69,8 @@ def state_of(workdir, which="last"):
 
 
 # The CNN in calls of 3 steps (4 steps = 3 + 1), the MLP one step per call.
-@pytest.mark.parametrize("make_config,steps_per_dispatch", [(tiny_cnn, 3), (tiny_mlp, 1)])
+@pytest.mark.parametrize("make_config,steps_per_dispatch", [
+    pytest.param(tiny_cnn, 3, marks=pytest.mark.slow), (tiny_mlp, 1)])
 def test_each_seed_equals_its_run_alone(tmp_path, make_config, steps_per_dispatch):
   config, splits = make_config(), tiny_data()
   config.steps_per_dispatch = steps_per_dispatch
