@@ -166,6 +166,7 @@ def as_non_root():
   return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+@pytest.mark.slow  # a command-line process
 def test_a_read_only_tfds_dir_that_needs_preparing_is_one_line(mnist_dir, tmp_path):
   readonly = tmp_path / "readonly"
   readonly.mkdir()
@@ -177,6 +178,7 @@ def test_a_read_only_tfds_dir_that_needs_preparing_is_one_line(mnist_dir, tmp_pa
   assert not (readonly / "tfds").exists()
 
 
+@pytest.mark.slow  # decodes all 70,000 images through tfds again
 def test_a_damaged_cache_is_rebuilt_not_used(copy_and_cache, tmp_path, monkeypatch):
   copy, good_cache = copy_and_cache
   cache = tmp_path / "cache"

@@ -141,6 +141,7 @@ def test_workdirs_not_trained_together_are_refused(mlp_group, tmp_path):
     loop_lib.train_runs(config, [3, 9], [dirs[0], fresh], data=splits, verbose=False)
 
 
+@pytest.mark.slow
 def test_a_diverging_group_names_the_seed_and_keeps_good_checkpoints(tmp_path):
   config = tiny_mlp(select="last", steps_per_dispatch=1)
   config.data.validation_size = 0

@@ -114,6 +114,7 @@ def test_a_resumed_run_shows_each_epoch_once(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "profile"))  # profile_steps = 0
 
 
+@pytest.mark.slow  # a fresh process that imports torch
 def test_the_writer_does_not_import_torch_but_torch_still_imports_after():
   """tensorboardX imports PyTorch when it is installed (2.3 s of every train's
   start-up); metric_writer hides it for that import only."""
