@@ -1,6 +1,8 @@
 # Set-up and everyday commands. Each target installs what it needs first.
-#   make train   venv + install + train the default CNN (prints its test accuracy)
-#   make test    venv + install + the test suite
+#   make train      venv + the package + train the default CNN (prints its test accuracy)
+#   make test       venv + the package and its test extra + the fast tier (tests not marked slow)
+#   make test-all   the same + every test, the property tests with many examples
+#                   (tests/hypothesis_profiles.py); what CI runs (.ci/run)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,20 +10,32 @@ PY := $(VENV)/bin/python
 MNIST_DIR ?= $(abspath ../shared/data/mnist)
 export MNIST_DIR
 
-.PHONY: install train test clean
+.PHONY: install install-test train test test-all clean
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+install-test: $(VENV)/.installed-test
+
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+# One stamp per extra, so that `make test` after `make train` adds the test extra.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 train: install
 	$(PY) -m mnist_jax train --config configs/cnn.py --workdir runs/cnn
 
-test: install
-	$(PY) -m pytest -q
+test: install-test
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: install-test
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,7 +6,8 @@
 #    same seeds as one vmapped program), 3. one quick study (kernel_size).
 # Writes OUTDIR/summary.md: the device (jax.devices()), each part's exit status
 # and wall time, and its numbers. Runs unchanged on a CPU. GPU_CHECK_TINY=1 is
-# a tiny form (few steps, 1 seed on 1,000 images) for tests/test_gpu_check.py.
+# a tiny form (few steps, 1 seed on 1,000 images; the study's 3x3 point alone,
+# 1 seed) for tests/test_gpu_check.py.
 # A failing part is recorded in the summary and the others still run; the exit
 # status is then 1. Set PYTHON to choose the interpreter (default: python).
 set -uo pipefail
@@ -25,10 +26,20 @@ if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
   BENCH=(--configs configs/mlp.py --rounds 1 --steps 1)
   SPEED=(--seeds 0 --set num_epochs=1 --set "data.train_split=train[:1000]"
          --set "data.test_split=test[:500]")
+  # The quick study's runner and report on its 3x3 point and seed 0 only.
+  STUDY=("$PY" -c 'import dataclasses, sys
+from mnist_jax.cli.experiments import load_experiment
+from mnist_jax.studies import script, spec
+kernel_size = load_experiment("kernel_size")
+study = dataclasses.replace(kernel_size.STUDY, points=[
+    p for p in kernel_size.STUDY.points if p.name == "cnn_k3"])
+preset = dataclasses.replace(spec.quick(kernel_size.PRESETS["cpu"]), seeds=(0,))
+script.run(study, {"cpu": preset}, kernel_size.report, out=sys.argv[1])')
 else
   BENCH=(--configs configs/mlp.py,configs/cnn.py,configs/speedrun.py --rounds 5
          --steps 20 --seeds 4)
   SPEED=(--seeds 0,1,2,3,4 --group)
+  STUDY=("$PY" -m mnist_jax study kernel_size --quick --out)
 fi
 # The help text is read whole first: `grep -q` on a pipe may end it early and,
 # under pipefail, fail the test though the flag is there.
@@ -53,7 +64,7 @@ part() {  # part NAME COMMAND...: runs it, output to OUT/NAME.log
 
 part benchmark "$PY" -m mnist_jax benchmark "${BENCH[@]}" --out "$OUT/benchmark.csv"
 part speedrun "$PY" -m mnist_jax speedrun "${SPEED[@]}" --out "$OUT/speedrun"
-part study "$PY" -m mnist_jax study kernel_size --quick --out "$OUT/study"
+part study "${STUDY[@]}" "$OUT/study"
 
 "$PY" - "$OUT" <<'EOF'
 import csv, glob, os, sys, time

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import NamedTuple
 
 import pytest
 
@@ -24,8 +25,8 @@ def ci_forbids_skips() -> bool:
   """True when $CI is set to true/1/yes, as CI services set it.
 
   Without ../shared/data/mnist every test that needs the real files skips
-  (issue 14 counted 31: all resume, determinism and 4-device tests) and a
-  plain run still exits 0; in CI that run must fail: untested is not passed.
+  (31 of them: all resume, determinism and 4-device tests) and a plain run
+  still exits 0; in CI that run must fail: untested is not passed.
   """
   return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
@@ -71,6 +72,35 @@ def real_mnist_dir():
     if candidate and (pathlib.Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
       return str(candidate)
   return None
+
+
+class CommandResult(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+  """`python -m mnist_jax ARGS` as a function: the same entry point (cli.run)
+  in this process, its exit status and output as a subprocess gives them,
+  without a new interpreter's seconds of imports. What a command sets for its
+  process is undone after the test: XLA_FLAGS and the working directory; the
+  persistent compilation cache stays off so that the process's JAX config is
+  left as it was."""
+  from mnist_jax import cli
+  from mnist_jax.core import runtime
+  monkeypatch.chdir(REPO)
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv(runtime.COMPILATION_CACHE_ENV, "0")
+
+  def run(*args):
+    capsys.readouterr()  # only this command's output
+    with pytest.raises(SystemExit) as exited:
+      cli.run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return CommandResult(exited.value.code, out, err)
+  return run
 
 
 @pytest.fixture(scope="session")

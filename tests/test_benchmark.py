@@ -92,6 +92,7 @@ def test_benchmark_refuses_bad_input_before_any_work(tmp_path, monkeypatch):
   assert not (tmp_path / "bench.csv").exists()
 
 
+@pytest.mark.slow  # times every piece of the default CNN's convolutions
 def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
   from mnist_jax.tools import benchmark_ops
   rows = benchmark_ops.main(["--batch", "8", "--repeats", "1"])

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import runpy
 import shutil
 import subprocess
 import sys
@@ -53,22 +54,25 @@ def assert_one_line_error(result, *fragments):
     assert fragment in errors[0]
 
 
-def test_no_data_and_no_network_names_the_variable_and_files(tmp_path):
-  result = run_cli("train", "--config", "configs/mlp.py", "--workdir", str(tmp_path / "run"),
-                   env_extra={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+def test_no_data_and_no_network_names_the_variable_and_files(cli_here, monkeypatch, tmp_path):
+  monkeypatch.delenv("MNIST_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run")
   assert_one_line_error(result, "MNIST_DIR", "--data_dir", *data.MNIST_FILES)
 
 
-def test_data_dir_without_the_files_names_what_is_missing(tmp_path):
+def test_data_dir_without_the_files_names_what_is_missing(cli_here, monkeypatch, tmp_path):
   folder = tmp_path / "half"
   folder.mkdir()
   (folder / "train-images-idx3-ubyte.gz").write_bytes(b"x")
-  result = run_cli("train", "--config", "configs/mlp.py", "--workdir", str(tmp_path / "run"),
-                   "--data_dir", str(folder),
-                   env_extra={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  monkeypatch.delenv("MNIST_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run",
+                    "--data_dir", folder)
   assert_one_line_error(result, "lacks", "t10k-labels-idx1-ubyte.gz")
 
 
+@pytest.mark.real_data
 def test_corrupt_file_is_named(mnist_dir, tmp_path):
   folder = tmp_path / "corrupt"
   shutil.copytree(mnist_dir, folder)
@@ -81,30 +85,33 @@ def test_corrupt_file_is_named(mnist_dir, tmp_path):
     data.prepare(str(folder), str(tmp_path / "tfds"))
 
 
-def test_impossible_config_is_rejected_before_any_work(tmp_path):
-  result = run_cli("train", "--config", "configs/cnn.py", "--workdir", str(tmp_path / "run"),
-                   "--config.model.strides=(3,3,3)")
+def test_impossible_config_is_rejected_before_any_work(cli_here, tmp_path):
+  result = cli_here("train", "--config", "configs/cnn.py", "--workdir", tmp_path / "run",
+                    "--config.model.strides=(3,3,3)")
   assert_one_line_error(result, "stage", "leaves nothing", "smaller strides")
   assert not (tmp_path / "run").exists()
 
 
 def test_misspelt_override_is_an_error(tmp_path):
+  # A real `python -m mnist_jax train` process; the other errors of train run in this one.
   result = run_cli("train", "--config", "configs/cnn.py", "--workdir", str(tmp_path / "run"),
                    "--config.num_epoch=3")
   assert_one_line_error(result, "num_epoch", "num_epochs")
 
 
-def test_unknown_command_and_missing_workdir(tmp_path):
-  assert_one_line_error(run_cli("fit"), "unknown command 'fit'")
-  assert_one_line_error(run_cli("train", "--config", "configs/cnn.py"), "--workdir")
-  assert_one_line_error(run_cli("evaluate", "--workdir", str(tmp_path)),
-                        "config.json not found")
+def test_unknown_command_and_missing_workdir(cli_here, tmp_path):
+  assert_one_line_error(cli_here("fit"), "unknown command 'fit'")
+  assert_one_line_error(cli_here("train", "--config", "configs/cnn.py"), "--workdir")
+  assert_one_line_error(cli_here("evaluate", "--workdir", tmp_path), "config.json not found")
 
 
-def test_batch_size_larger_than_the_data_is_rejected(mnist_dir, tfds_dir, tmp_path):
-  result = run_cli("train", "--config", "configs/mlp.py", "--workdir", str(tmp_path / "r"),
-                   "--data_dir", mnist_dir, "--config.data.train_split=train[:100]",
-                   "--config.batch_size=128", env_extra={"TFDS_DATA_DIR": tfds_dir})
+@pytest.mark.real_data
+def test_batch_size_larger_than_the_data_is_rejected(cli_here, mnist_dir, tfds_dir, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "r",
+                    "--data_dir", mnist_dir, "--config.data.train_split=train[:100]",
+                    "--config.batch_size=128")
   assert_one_line_error(result, "batch_size = 128", "100 training images")
 
 
@@ -148,6 +155,7 @@ def test_ctrl_c_ends_with_130_and_no_traceback(capsys, monkeypatch):
 
 
 def test_foreign_flag_through_python_dash_m(tmp_path):
+  # A real `python -m mnist_jax evaluate` process.
   result = run_cli("evaluate", "--workdir", str(tmp_path), "--config", "configs/cnn.py")
   assert_one_line_error(result, "Unknown command line flag 'config'")
 
@@ -291,5 +299,8 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
   assert script.returncode == 0, script.stderr[-3000:]
   with open(out / "tables" / "kernel_size.csv") as f:
     assert list(csv.DictReader(f)) == rows
-  assert_one_line_error(run_cli("--preset", "gpu", script="experiments/kernel_size.py",
-                                env_extra={"PYTHONPATH": str(REPO)}), "no preset 'gpu'")
+  # Its error, as a script too (in this process: runpy runs it as __main__).
+  monkeypatch.setattr(sys, "argv", ["experiments/kernel_size.py", "--preset", "gpu"])
+  with pytest.raises(SystemExit) as exited:
+    runpy.run_path(str(REPO / "experiments" / "kernel_size.py"), run_name="__main__")
+  assert_one_line_error(Result(exited.value.code, *capsys.readouterr()), "no preset 'gpu'")

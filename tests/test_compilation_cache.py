@@ -55,6 +55,7 @@ def train_tiny(workdir, cache, tfds_dir):
           result.stderr.count("PERSISTENT COMPILATION CACHE MISS"))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_run_from_a_warm_cache_is_bitwise_the_cold_one(mnist_dir, tfds_dir, tmp_path):
   cache = tmp_path / "jax"

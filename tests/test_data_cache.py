@@ -20,23 +20,36 @@ from mnist_jax.core import data, runtime
 
 pytestmark = pytest.mark.real_data
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SPLITS = ["test", "train[:50000]", "train[-5000:]", "test[:10%]", "test[33.3%:]",
-          "train[:2%]+test[-500:]", "test[:100]+train[:40]+test[-20:]", "all"]
+# The splits of 10,000 images or more are read through tfds in the slow tier.
+SPLITS = [pytest.param("test", marks=pytest.mark.slow),
+          pytest.param("train[:50000]", marks=pytest.mark.slow), "train[-5000:]",
+          "test[:10%]", "test[33.3%:]", "train[:2%]+test[-500:]",
+          "test[:100]+train[:40]+test[-20:]", pytest.param("all", marks=pytest.mark.slow)]
 TRAIN_ONE_EPOCH = ["train", "--config", "configs/mlp.py", "--config.num_epochs=1"]
 
 
+def cache_folder(version_dir):
+  """The name of the cache folder of the tfds copy in `version_dir`."""
+  _, fingerprint = data._inspect_copy(str(version_dir))
+  return f"{data.TFDS_VERSION}-{fingerprint[:20]}"
+
+
 @pytest.fixture(scope="session")
-def copy_and_cache(mnist_dir, tfds_dir, tmp_path_factory):
-  """(a tfds data dir holding a copy of the prepared MNIST, a cache dir built from it)."""
-  data.prepare(mnist_dir, tfds_dir)
+def copy_and_cache(real_mnist, tfds_dir, tmp_path_factory):
+  """(a tfds data dir holding a copy of the prepared MNIST, a cache dir holding
+  its decoded arrays). The session decoded them once (real_mnist); the copy has
+  the same files, so the same arrays: copied, not decoded through tfds again."""
   root = tmp_path_factory.mktemp("cached")
   copy = root / "tfds"
   shutil.copytree(os.path.join(tfds_dir, "mnist", data.TFDS_VERSION),
                   copy / "mnist" / data.TFDS_VERSION)
   cache = root / "cache"
+  name = cache_folder(copy / "mnist" / data.TFDS_VERSION)
+  shutil.copytree(os.path.join(runtime.cache_home(), "mnist", name), cache / "mnist" / name)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv(runtime.CACHE_DIR_ENV, str(cache))
-    data.load_mnist(data_dir=str(copy))  # decodes through tfds and writes the cache
+    patch.setattr(data, "_decode_with_tfds", None)  # decoding again would be a bug
+    data.load_mnist(data_dir=str(copy))  # the copy's arrays, from the cache
   assert len(os.listdir(cache / "mnist")) == 1
   return copy, cache
 
@@ -136,12 +149,12 @@ def test_a_damaged_copy_says_what_to_delete(cached, tmp_path, damage, reason):
   assert_one_line(error, reason, f"delete {version_dir} and run again", "MNIST_DIR")
 
 
-def test_the_cli_says_which_copy_to_delete(cached, tmp_path):
+def test_the_cli_says_which_copy_to_delete(cached, cli_here, tmp_path, monkeypatch):
   """dataset_info.json deleted: tfds alone would call the copy 'not prepared'."""
   data_dir, version_dir = damaged_copy(cached, tmp_path)
   (version_dir / "dataset_info.json").unlink()
-  result = run_cli(TRAIN_ONE_EPOCH + ["--workdir", str(tmp_path / "run")],
-                   {"TFDS_DATA_DIR": str(data_dir)})
+  monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+  result = cli_here(*TRAIN_ONE_EPOCH, "--workdir", tmp_path / "run")
   assert_one_error_line(result, "dataset_info.json is missing", f"delete {version_dir}")
 
 
@@ -153,6 +166,7 @@ def as_non_root():
   return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+@pytest.mark.slow  # a command-line process
 def test_a_read_only_tfds_dir_that_needs_preparing_is_one_line(mnist_dir, tmp_path):
   readonly = tmp_path / "readonly"
   readonly.mkdir()
@@ -164,6 +178,7 @@ def test_a_read_only_tfds_dir_that_needs_preparing_is_one_line(mnist_dir, tmp_pa
   assert not (readonly / "tfds").exists()
 
 
+@pytest.mark.slow  # decodes all 70,000 images through tfds again
 def test_a_damaged_cache_is_rebuilt_not_used(copy_and_cache, tmp_path, monkeypatch):
   copy, good_cache = copy_and_cache
   cache = tmp_path / "cache"

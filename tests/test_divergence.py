@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.core import run_dir
+from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.engine.loop import train_and_evaluate
 
 from helpers import (checkpoint_steps, final_params, load_small, one_error_line,
-                     run_cli_on_npz, write_noise_npz)
+                     write_noise_npz)
 from train_worker import make_config
 
 ADVICE = "lower config.optimizer.learning_rate."
@@ -28,6 +28,15 @@ ADVICE = "lower config.optimizer.learning_rate."
 @pytest.fixture(scope="module")
 def noise(tmp_path_factory):
   return write_noise_npz(tmp_path_factory.mktemp("data") / "noise.npz")
+
+
+@pytest.fixture
+def cli_on_noise(cli_here, noise, monkeypatch):
+  """`python -m mnist_jax ARGS` in this process, MNIST replaced by the noise
+  (as tests/cli_on_npz.py does in a process of its own)."""
+  splits = load_small(noise)
+  monkeypatch.setattr(data_lib, "load_mnist", lambda *a, **k: splits)
+  return cli_here
 
 
 def test_checking_every_step_keeps_the_step_before_the_divergence(noise, tmp_path):
@@ -47,13 +56,14 @@ def test_checking_every_step_keeps_the_step_before_the_divergence(noise, tmp_pat
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir)))
 
 
-def test_readme_example_diverges_at_step_2_found_at_15_before_any_save(noise, tmp_path):
+def test_readme_example_diverges_at_step_2_found_at_15_before_any_save(cli_on_noise,
+                                                                      tmp_path):
   """README's command. configs/mlp.py runs 32 steps per call, and 2,000
   images at batch 128 are 15 steps per epoch: one call, checked at its end,
   step 15, where the first save would have been. Nothing was saved."""
   workdir = tmp_path / "nan"
-  error = one_error_line(run_cli_on_npz(
-      noise, "train", "--config", "configs/mlp.py", "--workdir", workdir,
+  error = one_error_line(cli_on_noise(
+      "train", "--config", "configs/mlp.py", "--workdir", workdir,
       "--config.data.train_split=train[:2000]", "--config.optimizer.name=sgd",
       "--config.optimizer.schedule=constant", "--config.optimizer.learning_rate=1e30",
       "--config.checkpoint.every_steps=1"))
@@ -64,7 +74,7 @@ def test_readme_example_diverges_at_step_2_found_at_15_before_any_save(noise, tm
   assert run_dir.read_metrics(workdir) == []
 
 
-def test_a_coarser_save_interval_keeps_the_newest_good_checkpoint_it_names(noise,
+def test_a_coarser_save_interval_keeps_the_newest_good_checkpoint_it_names(cli_on_noise,
                                                                           tmp_path):
   """Epoch 1 trains at 1e-3; then an 'exponential decay' of 1e33 per epoch
   makes the rate 1e30, so the loss overflows right after epoch 2 starts.
@@ -72,8 +82,8 @@ def test_a_coarser_save_interval_keeps_the_newest_good_checkpoint_it_names(noise
   steps: saves at 64 and 100 (epoch end); in epoch 2 the call ending at 132
   passes no multiple of 50, the one ending at 164 passes 150 and checks."""
   workdir = tmp_path / "nan"
-  error = one_error_line(run_cli_on_npz(
-      noise, "train", "--config", "configs/mlp.py", "--workdir", workdir,
+  error = one_error_line(cli_on_noise(
+      "train", "--config", "configs/mlp.py", "--workdir", workdir,
       "--config.num_epochs=2", "--config.batch_size=20",
       "--config.optimizer.schedule=exponential",
       "--config.optimizer.decay_per_epoch=1e33", "--config.checkpoint.every_steps=50"))

@@ -27,6 +27,7 @@ from mnist_jax.studies import runner as study_lib, spec
 from helpers import noise_splits
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # two Ray nodes
 
 RAY_CLI = os.path.join(os.path.dirname(sys.executable), "ray")
 STUDY = spec.Study("two_nodes", [

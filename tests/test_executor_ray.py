@@ -19,6 +19,7 @@ from experiments import frontier, kernel_size
 from helpers import assert_same_bits, final_params, noise_splits, without_times
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray instance and trainings in its workers
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token notice on a test machine
 

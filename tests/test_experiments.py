@@ -11,7 +11,7 @@ from mnist_jax.studies.spec import Study
 
 from experiments import lecun1998, robustness as robustness_study
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]  # studies train CNNs
 
 
 def quick(module, tmp_path, mnist_dir, study=None):

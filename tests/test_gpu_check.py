@@ -9,11 +9,14 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "gpu_check.sh")
 
 
+@pytest.mark.slow
+@pytest.mark.real_data
 def test_tiny_gpu_check_writes_a_summary_with_every_part(mnist_dir, tfds_dir, tmp_path):
   env = dict(os.environ, GPU_CHECK_TINY="1", PYTHON=sys.executable,
              MNIST_DIR=mnist_dir, TFDS_DATA_DIR=tfds_dir)
@@ -34,6 +37,9 @@ def test_tiny_gpu_check_writes_a_summary_with_every_part(mnist_dir, tfds_dir, tm
   seed0 = json.loads((out / "speedrun" / "speedrun.json").read_text())["rows"][0]
   assert (seed0["epochs"], seed0["train_images"]) == (1, 7 * 128)
   assert "## Study kernel_size (--quick)" in summary and "3x3" in summary
+  # The study's tiny form: one point, one seed.
+  assert sorted(p.name for p in (out / "study").glob("cnn_*")) == ["cnn_k3"]
+  assert sorted(p.name for p in (out / "study" / "cnn_k3").iterdir()) == ["seed_0"]
 
 
 def test_gpu_check_without_outdir_prints_its_usage():

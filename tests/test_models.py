@@ -152,7 +152,7 @@ def test_mismatched_stage_lists_and_unknown_names_are_rejected():
 
 
 @pytest.mark.parametrize("window", [2, 3])
-@pytest.mark.parametrize("size", [28, 14, 7])
+@pytest.mark.parametrize("size", [pytest.param(28, marks=pytest.mark.slow), 14, 7])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_fast_pooling_matches_flax_pooling_and_its_gradient(kind, size, window):
   """The fast pooling must be the same function as nn.max_pool / nn.avg_pool."""
@@ -176,8 +176,10 @@ def bits(x):
   return np.asarray(x).view(np.int32)
 
 
-@pytest.mark.parametrize("window", [2, 3])
-@pytest.mark.parametrize("size", [28, 7])
+# The ragged 7x7 map with a window of 3 in `make test`, the others in the slow tier.
+@pytest.mark.parametrize("size,window", [
+    pytest.param(28, 2, marks=pytest.mark.slow), pytest.param(28, 3, marks=pytest.mark.slow),
+    pytest.param(7, 2, marks=pytest.mark.slow), (7, 3)])
 def test_max_pool_has_the_straightforward_gradient_bit_for_bit(size, window):
   """`max_pool`'s hand-written gradient against JAX's gradient of the strided
   views, including ties (a constant band, as a background of equal ReLU

@@ -4,6 +4,7 @@
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -74,8 +75,14 @@ def check_common_figures(drawn, run, test, digit):
   assert f"probably a {int(np.argmax(shown))}" in bars.get_title()
 
 
+def copy_of(run, tmp_path):
+  """The session's run, copied: a test that writes figures leaves it as it was."""
+  return str(shutil.copytree(run, tmp_path / "run"))
+
+
 @pytest.mark.real_data
-def test_every_figure_of_a_cnn_run(cnn_run, real_mnist, drawn):
+def test_every_figure_of_a_cnn_run(cnn_run, real_mnist, drawn, tmp_path):
+  cnn_run = copy_of(cnn_run, tmp_path)
   written, skipped = plots.make_figures(cnn_run, digit=3, data=real_mnist)
   assert skipped == {}
   assert set(written) == set(figures.FIGSIZES) == set(drawn)
@@ -92,7 +99,8 @@ def test_every_figure_of_a_cnn_run(cnn_run, real_mnist, drawn):
 
 
 @pytest.mark.real_data
-def test_dense_run_skips_the_conv_figures_with_a_reason(mlp_run, real_mnist, drawn):
+def test_dense_run_skips_the_conv_figures_with_a_reason(mlp_run, real_mnist, drawn, tmp_path):
+  mlp_run = copy_of(mlp_run, tmp_path)
   written, skipped = plots.make_figures(mlp_run, data=real_mnist)
   assert set(skipped) == set(CONV_ONLY)
   assert all("no conv layers" in why for why in skipped.values())
@@ -133,7 +141,8 @@ def test_confusion_matrix_and_confident_errors():
 
 
 @pytest.mark.real_data
-def test_cli_plot_pdf(mlp_run, tfds_dir):
+def test_cli_plot_pdf(mlp_run, tfds_dir, tmp_path):
+  mlp_run = copy_of(mlp_run, tmp_path)
   env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
       [sys.executable, "-m", "mnist_jax", "plot", "--workdir", mlp_run,

@@ -112,14 +112,13 @@ def test_cli_predicts_a_folder_in_order_and_reports_bad_files(
   assert "Traceback" not in result.stderr
 
 
-def test_cli_json_and_figure(mlp_run, confident_test_digits, tmp_path):
+def test_cli_json_and_figure(cli_here, mlp_run, confident_test_digits, tmp_path):
   (pixels, label), _, (pixels_c, label_c) = confident_test_digits
   as_png(pixels, tmp_path / "one.png")
   as_rgba_png(pixels_c, tmp_path / "two.png")
   figure = tmp_path / "seen.png"
-  result = run_predict("--workdir", mlp_run, "--json", "--top", "2",
-                       "--figure", str(figure), str(tmp_path / "one.png"),
-                       str(tmp_path / "two.png"))
+  result = cli_here("predict", "--workdir", mlp_run, "--json", "--top", "2",
+                    "--figure", figure, tmp_path / "one.png", tmp_path / "two.png")
   assert result.returncode == 0, result.stderr
   records = json.loads(result.stdout)
   assert [r["digit"] for r in records] == [label, label_c]

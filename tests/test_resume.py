@@ -31,17 +31,19 @@ OVERRIDES = {"num_epochs": 2, "batch_size": 20, "checkpoint.every_steps": 9,
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_data, tmp_path_factory):
+  """A run trained in this process (tests read it, never change it)."""
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-  finish(start_worker(workdir, small_data, OVERRIDES))
+  train_and_evaluate(make_config(OVERRIDES), str(workdir), data=load_small(small_data),
+                     verbose=False)
   return workdir
 
 
+@pytest.mark.slow
 def test_two_processes_with_one_seed_give_the_same_bits(uninterrupted, small_data,
                                                         tmp_path):
   """This pytest process vs a separate one: same seed, same (1) device count."""
-  data = load_small(small_data)
-  workdir = tmp_path / "here"
-  train_and_evaluate(make_config(OVERRIDES), str(workdir), data=data, verbose=False)
+  workdir = tmp_path / "there"
+  finish(start_worker(workdir, small_data, OVERRIDES))
   assert (without_times(run_dir.read_metrics(workdir))
           == without_times(run_dir.read_metrics(uninterrupted)))
   assert_same_bits(final_params(workdir), final_params(uninterrupted))
@@ -68,6 +70,7 @@ def wait_for_a_mid_epoch_checkpoint(proc, workdir, steps_per_epoch, after, timeo
   pytest.fail(f"no mid-epoch checkpoint after step {after} (exit status {proc.poll()})")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_restart_ends_as_if_never_killed(small_data, tmp_path):
   """A CNN with dropout, 4 steps per call, killed in the middle of epoch 2.
 

@@ -172,6 +172,7 @@ def test_a_full_disk_when_a_save_starts_is_one_line_and_the_run_then_resumes(
   assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow  # two command-line processes
 def test_a_disk_that_fills_during_orbax_s_write_is_one_line_without_tracebacks(
     uninterrupted, tmp_path, monkeypatch):
   """The command line, as a user sees it: the disk fills while orbax's

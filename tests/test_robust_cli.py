@@ -45,6 +45,7 @@ def wait_for_lock(proc, workdir, timeout=180):
   pytest.fail(f"the first train never held its lock (exit status {proc.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
     mnist_dir, tfds_dir, tmp_path):
@@ -71,8 +72,8 @@ def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
     ("", "the workdir is empty (--workdir=)"),
     ("configs/mlp.py", "is a file, not a folder"),
 ])
-def test_a_workdir_that_cannot_hold_a_run_is_one_line(workdir, message):
-  assert message in error_line(run_cli(*MLP, f"--workdir={workdir}"))
+def test_a_workdir_that_cannot_hold_a_run_is_one_line(cli_here, workdir, message):
+  assert message in error_line(cli_here(*MLP, f"--workdir={workdir}"))
 
 
 def test_multihost_without_a_coordinator_is_one_line(tmp_path):
@@ -94,34 +95,34 @@ def decompression_bomb(path):
 
 
 def test_predict_reports_a_decompression_bomb_and_predicts_the_other_files(
-    tiny_run, tmp_path):
+    cli_here, tiny_run, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
   a_digit(folder / "a_digit.png")
   decompression_bomb(folder / "bomb.png")
-  result = run_cli("predict", "--workdir", tiny_run, folder)
+  result = cli_here("predict", "--workdir", tiny_run, folder)
   line = error_line(result, exit_status=1)
   assert "bomb.png: too large to decode safely" in line
   assert "a_digit.png: The number is probably a" in result.stdout
 
 
-def test_predict_checks_its_figure_path_before_predicting(tiny_run, tmp_path):
+def test_predict_checks_its_figure_path_before_predicting(cli_here, tiny_run, tmp_path):
   a_digit(tmp_path / "a_digit.png")
   figure = tmp_path / "missing" / "out.png"
-  result = run_cli("predict", "--workdir", tiny_run, tmp_path / "a_digit.png",
+  result = cli_here("predict", "--workdir", tiny_run, tmp_path / "a_digit.png",
                    "--figure", figure)
   assert f"folder {figure.parent} does not exist" in error_line(result)
   assert "The number is" not in result.stdout
 
 
-def test_ensemble_of_no_runs_says_so():
-  assert "no runs given" in error_line(run_cli("ensemble", "--workdirs", ","))
+def test_ensemble_of_no_runs_says_so(cli_here):
+  assert "no runs given" in error_line(cli_here("ensemble", "--workdirs", ","))
 
 
-def test_a_study_whose_out_is_a_file_or_has_no_runs_is_one_line(tmp_path):
+def test_a_study_whose_out_is_a_file_or_has_no_runs_is_one_line(cli_here, tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
-  result = run_python("experiments/stride.py", "--quick", "--out", a_file)
+  result = cli_here("study", "stride", "--quick", "--out", a_file)
   assert f"--out {a_file} is a file" in error_line(result)
   result = run_python("experiments/stride.py", "--quick", "--tables_only",
                       "--out", tmp_path / "empty")

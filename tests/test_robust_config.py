@@ -10,7 +10,7 @@ from mnist_jax import UserError, cli
 from mnist_jax.core import config as config_lib, splits
 from mnist_jax.core.models import build_model
 
-from robust_support import error_line, run_cli, tiny_config
+from robust_support import error_line, tiny_config
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -83,9 +83,9 @@ def test_split_sizes_follow_tfds_slicing():
     ("--config.data.train_split=train[:0]", "of MNIST is empty"),
     ("--config.model.hidden_features=(0,)", "hidden_features = (0,)"),
 ])
-def test_the_cli_rejects_them_before_touching_the_workdir(tmp_path, flag, message):
+def test_the_cli_rejects_them_before_touching_the_workdir(cli_here, tmp_path, flag, message):
   workdir = tmp_path / "run"
-  result = run_cli("train", "--config", "configs/mlp.py", "--workdir", workdir, flag)
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir", workdir, flag)
   assert message in error_line(result)
   assert not workdir.exists()
 
@@ -107,7 +107,7 @@ def test_a_config_file_that_is_missing_or_not_python_is_one_line(tmp_path, text,
   assert not (tmp_path / "run").exists()
 
 
-def test_the_command_line_says_so_in_one_line(tmp_path):
-  result = run_cli("train", f"--config={tmp_path / 'none.py'}", "--workdir", tmp_path / "run",
+def test_the_command_line_says_so_in_one_line(cli_here, tmp_path):
+  result = cli_here("train", f"--config={tmp_path / 'none.py'}", "--workdir", tmp_path / "run",
                    "--config.num_epochs=2")
   assert "none.py does not exist" in error_line(result)

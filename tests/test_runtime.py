@@ -99,6 +99,7 @@ def gradients_in_a_fresh_process(out, xla_flags):
   return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_eigen_convolutions_compute_what_ynnpacks_do(tmp_path):
   """`import mnist_jax` compiles no convolution into a YNNPACK fusion, and the
   logits and gradients equal those of YNNPACK's convolutions (XLA's default) up

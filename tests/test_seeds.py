@@ -69,7 +69,8 @@ def state_of(workdir, which="last"):
 
 
 # The CNN in calls of 3 steps (4 steps = 3 + 1), the MLP one step per call.
-@pytest.mark.parametrize("make_config,steps_per_dispatch", [(tiny_cnn, 3), (tiny_mlp, 1)])
+@pytest.mark.parametrize("make_config,steps_per_dispatch", [
+    pytest.param(tiny_cnn, 3, marks=pytest.mark.slow), (tiny_mlp, 1)])
 def test_each_seed_equals_its_run_alone(tmp_path, make_config, steps_per_dispatch):
   config, splits = make_config(), tiny_data()
   config.steps_per_dispatch = steps_per_dispatch
@@ -140,6 +141,7 @@ def test_workdirs_not_trained_together_are_refused(mlp_group, tmp_path):
     loop_lib.train_runs(config, [3, 9], [dirs[0], fresh], data=splits, verbose=False)
 
 
+@pytest.mark.slow
 def test_a_diverging_group_names_the_seed_and_keeps_good_checkpoints(tmp_path):
   config = tiny_mlp(select="last", steps_per_dispatch=1)
   config.data.validation_size = 0
@@ -212,6 +214,7 @@ def solo_run(real_mnist, seed, workdir):
   return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_cli_seeds_killed_mid_epoch_resume_to_an_unbroken_group_and_the_solo_runs(
     real_mnist, mnist_dir, tfds_dir, tmp_path):

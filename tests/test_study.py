@@ -158,6 +158,7 @@ def test_overrides_reject_unknown_fields():
     spec.point_config(point, PRESET, 0)
 
 
+@pytest.mark.slow  # trains the seeds together, then each alone
 def test_vmap_seeds_trains_each_point_once_with_results_equal_to_separate_runs(
     tmp_path, monkeypatch):
   rng = np.random.default_rng(0)

@@ -125,6 +125,7 @@ def test_an_epochs_points_are_in_the_file_before_the_writer_closes(tmp_path):
   writer.close()
 
 
+@pytest.mark.slow  # a fresh process that imports torch
 def test_the_writer_does_not_import_torch_but_torch_still_imports_after():
   """tensorboardX imports PyTorch when it is installed (2.3 s of every train's
   start-up); metric_writer hides it for that import only."""
