@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements to take whenever a GPU is at hand, in one go (issue 16):
+# The measurements to take whenever a GPU is at hand, in one go:
 #   scripts/gpu_check.sh OUTDIR
 # 1. the benchmark harness (with --against torch when PyTorch is importable and
 #    the harness has that flag), 2. the speedrun's 5 seeds end to end (and the

@@ -3,7 +3,7 @@
   python tests/cli_on_npz.py DATA.npz ARGS...
 
 For CLI tests that must not pay for TensorFlow and the tfds read (~6 s a
-process, FIELD_NOTES) or need no real data: `mnist_jax.core.data.load_mnist`
+process) or need no real data: `mnist_jax.core.data.load_mnist`
 returns DATA.npz's train and test arrays (the config's split names are
 ignored); everything else, from the flags to the `error: ...` line and the
 exit status, is the real command line.

@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Train steps per host->device call (K steps run as one lax.scan); > 1 pays
   # the host's per-call work once per K steps, for models whose step is ~1 ms
   # (the MLP). Keep 1 for CNNs: on XLA:CPU a scan of convolution steps ran
-  # 7x slower than separate calls (docs/performance.md).
+  # 7x slower than separate calls (docs/decisions.md).
   config.steps_per_dispatch = 1
   config.label_smoothing = 0.0
   # Evaluate with an exponential moving average of the weights, updated each

@@ -8,7 +8,7 @@ Where the data comes from, in order:
    directory, so tfds verifies their checksums while it prepares that copy.
 
 tfds stays the source of truth, but reading it costs ~6.4 s in every process
-(TensorFlow imported, the tfrecords decoded; measured 2026-11-30). So the
+(TensorFlow imported, the tfrecords decoded). So the
 first load decodes each whole split once through tfds and keeps the uint8
 arrays as .npy files in the user's cache (`runtime.cache_home()`/mnist/),
 under a key that is the SHA-256 of the prepared copy's files: a changed or
@@ -327,7 +327,7 @@ def _read_tfds(builder, split: str) -> Split:
   """A split (any tfds split string) decoded by tfds.as_dataset, in its order."""
   import tensorflow_datasets as tfds
   # A real batch size, not -1: batch_size=-1 aborts the process under
-  # tfds.testing.mock_data (FIELD_NOTES), and chunks cost nothing here.
+  # tfds.testing.mock_data, and chunks cost nothing here.
   dataset = builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)
   images, labels = [], []
   for batch in tfds.as_numpy(dataset):

@@ -40,13 +40,13 @@ def enable_compilation_cache() -> Optional[str]:
   """Keeps every compiled XLA program on disk; returns the folder (None: off).
 
   A process that compiles a program compiled before (same program, flags,
-  jax and backend) reads it back instead (FIELD_NOTES, "Fixed costs"). The
+  jax and backend) reads it back instead. The
   folder is $JAX_COMPILATION_CACHE_DIR if set (JAX's own variable), else
   cache_home()/jax; MNIST_JAX_COMPILATION_CACHE=0 turns it off. Programs of
   any compile time are kept (JAX's default keeps only those over 1 s; the
   eager model initialisation alone compiles dozens of small ones, and this
   project's steps take 0.1-2 s on the 2-core CPU). Measured in
-  docs/performance.md ("Fixed costs").
+  docs/performance.md ("Fixed costs of a command").
   """
   if os.environ.get(COMPILATION_CACHE_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
     return None
@@ -83,8 +83,8 @@ def use_eigen_cpu_convolutions() -> None:
   On this project's CPU (jaxlib 0.10.2) YNNPACK ran these small-image
   convolutions at a fraction of Eigen's speed (the speedrun's 12x12x24->32
   forward 4.6 ms against 1.5 ms; a training step of the default CNN +41-65%,
-  of the speedrun +37-41%, evaluation 1.7-1.9x: docs/performance.md,
-  "Eigen's convolutions on the CPU"). YNNPACK keeps the dots, elementwise ops and
+  of the speedrun +37-41%, evaluation 1.7-1.9x: docs/decisions.md,
+  "XLA:CPU's Eigen convolutions rather than YNNPACK's"). YNNPACK keeps the dots, elementwise ops and
   reductions. The same function summed in another order, so the bits differ
   from a run compiled with YNNPACK's convolutions.
 

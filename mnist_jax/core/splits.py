@@ -11,9 +11,9 @@ contract.)
 
 Why tfds's parser and not a copy of it (branch `perf` had one): importing
 tfds (without TensorFlow) after jax/flax/optax/orbax costs 0.21-0.30 CPU s
-(3 runs, 2026-11-30, 2-core CPU at load 15-17; 0.3-0.6 s wall when quieter),
-under a tenth of the 3 s start-up budget (docs/performance.md, "Fixed
-costs"). One parser, kept by tfds, beats a copy that has to follow tfds's
+(3 runs, 2-core CPU at load 15-17; 0.3-0.6 s wall when quieter), under a
+tenth of the 3 s start-up budget (docs/performance.md, "Fixed costs of a
+command"). One parser, kept by tfds, beats a copy that has to follow tfds's
 grammar by hand.
 
 Reading order is tfds's too: `as_dataset(shuffle_files=False)` reads each

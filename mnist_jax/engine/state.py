@@ -36,7 +36,7 @@ def eval_variables(state: TrainState) -> Tuple[Any, Any]:
   when the run keeps them, else the live ones, never one of each. The only
   place that chooses (the evaluator, TrainedModel, the TensorBoard grid): the
   averaged weights with the live weights' statistics read 10-15% test
-  accuracy in configs/frontier_cpu.py's first epochs (issue 14)."""
+  accuracy in configs/frontier_cpu.py's first epochs."""
   if state.ema_params is None:
     return state.params, state.batch_stats
   return state.ema_params, state.ema_batch_stats

@@ -10,7 +10,7 @@ forward + backward of nn.max_pool, of reshape + max, of the strided views
 with JAX's gradient, and of models/layers.py:pool (the views with the same
 gradient computed per output pixel). Milliseconds per call, median of --repeats,
 warm-up excluded; GFLOP/s for the convolutions (2 per multiply-add).
-These are the measurements behind docs/performance.md's changes.
+These are the measurements behind docs/decisions.md.
 """
 
 from __future__ import annotations

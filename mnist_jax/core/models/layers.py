@@ -37,7 +37,7 @@ def pool(x_BxHxWxC: jax.Array, kind: str, window: int) -> jax.Array:
   (`max_pool`), not nn.max_pool or a reshape + max: on the project's CPU the
   gradient of nn.max_pool (select_and_scatter) took 42-46 ms per 128x28x28x32
   batch, a reshape + max 4.5-17 ms (depending on what XLA fuses around it),
-  and the strided views 2-3 ms (docs/performance.md). The outputs are
+  and the strided views 2-3 ms (docs/decisions.md). The outputs are
   identical; gradients too, except that a tie inside a window splits its
   gradient unevenly (ties happen between ReLU zeros, whose gradient is zero
   anyway).
@@ -83,7 +83,7 @@ def max_pool(x_BxHxWxC: jax.Array, window: int) -> jax.Array:
   JAX's own gradient of the views is the transpose of each strided slice, a
   pad with interior zeros, and XLA:CPU fuses the sum of those pads into one
   loop that recomputes every view's share at every input pixel, element by
-  element: the largest single op of the speedrun's step (docs/performance.md).
+  element: the largest single op of the speedrun's step (docs/decisions.md).
   Here the same shares (`_max_share`, in the same order) are computed once per
   output pixel and interleaved into the input's layout with a transpose.
   """
@@ -169,7 +169,7 @@ def im2col_conv(x_BxHxWxC: jax.Array, kernel_KxKxCxF: jax.Array,
 
   The same function as lax.conv_general_dilated (NHWC, HWIO); its gradients are
   a matmul plus slice-adds instead of XLA's convolution gradients, which run far
-  below matmul speed on some CPUs (docs/performance.md has the measurements).
+  below matmul speed on some CPUs (docs/decisions.md has the measurements).
   """
   b, h, w, c = x_BxHxWxC.shape
   k, f = kernel_KxKxCxF.shape[0], kernel_KxKxCxF.shape[-1]
@@ -189,7 +189,7 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 # Images per chunk of the kernel gradient in `xla_chunked_conv`. XLA:CPU's
 # kernel gradient of a 3x3 'SAME' conv over 128 images of 14x14x32 -> 64 took
-# 29 ms; as 16 sums over 8 images, 9 ms (docs/performance.md has the sweep).
+# 29 ms; as 16 sums over 8 images, 9 ms (docs/decisions.md has the sweep).
 KERNEL_GRAD_CHUNK = 8
 
 
@@ -205,7 +205,7 @@ def one_call_per_member(fn):
 
   vmap of a convolution over its kernel (several seeds' models in one program,
   engine/loop.train_runs) becomes a grouped convolution, which XLA:CPU runs far
-  slower than the same convolutions one by one (docs/performance.md). The
+  slower than the same convolutions one by one (docs/decisions.md). The
   members' calls are unrolled at trace time and are independent, so XLA may
   run them side by side.
   """
