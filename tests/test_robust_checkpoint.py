@@ -236,4 +236,4 @@ def test_a_save_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path, monke
                                 opt_state={}, step=np.int32(0))
   with pytest.raises(UserError, match=r"only 1\.0 MB free on the device holding .*"
                      r"needs about 6\.1 MB: free some space and run the same command"):
-    checkpoint.save(checkpoint.manager(str(tmp_path)), 1, state, {})
+    checkpoint.save(checkpoint.manager(str(tmp_path)), 1, state, {}, {})
