@@ -109,7 +109,7 @@ def test_no_readable_checkpoint_is_one_error_that_says_force(stopped, tmp_path):
   for step in (20, 21, 28):
     damage(workdir, "no_progress", step)
   with pytest.raises(UserError, match=r"no checkpoint in .* can be read \(steps 28, "
-                     r"21, 20 are damaged\): .*--force"):
+                     r"21, 20: damaged, .*`train \.\.\. --force` deletes these"):
     train(workdir)
 
 

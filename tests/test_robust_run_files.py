@@ -205,6 +205,7 @@ def _metric_lines(run):
 @pytest.mark.parametrize("change, problem", [
     ({"test_accuracy": "high"}, "test_accuracy = 'high' is not a number"),
     ({"epoch": 1.5}, "epoch = 1.5 is not a whole number"),
+    ({"step": [20]}, "step = [20] is not a number"),
     ({"train_loss": None}, "train_loss = None is not a number"),
     ({"test_loss": True}, "test_loss = True is not a number"),
 ])

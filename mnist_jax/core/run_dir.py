@@ -78,8 +78,6 @@ METRIC_KEYS = (
 OPTIONAL_METRIC_KEYS = ("val_loss", "val_accuracy", "val_count")
 # Keys that differ between two runs of one config (wall-clock measurements).
 TIMING_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
-# Metric keys whose values are whole numbers; all others are numbers.
-INTEGER_METRIC_KEYS = ("epoch", "step", "test_count", "val_count")
 SELECTIONS = ("last", "best_val")
 _TMP_SUFFIX = ".tmp"
 
@@ -453,13 +451,12 @@ def _line_problem(metrics: Dict) -> Optional[str]:
   missing = [k for k in METRIC_KEYS if k not in metrics]
   if missing:
     return f"it lacks {', '.join(missing)}"
+  if type(metrics["epoch"]) is not int:
+    return f"epoch = {metrics['epoch']!r} is not a whole number"
   for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
     value = metrics.get(key, 0)
-    whole = key in INTEGER_METRIC_KEYS
-    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
-      return f"{key} = {value!r} is not {'a whole number' if whole else 'a number'}"
-  if metrics["epoch"] < 1:
-    return f"epoch = {metrics['epoch']} is not 1 or more"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return f"{key} = {value!r} is not a number"
   return None
 
 

@@ -55,9 +55,9 @@ def refuse_diverged(workdir: str) -> None:
 def describe_step(step: int, lines: List[Dict]) -> str:
   """Where `step` lies in a run with epoch lines `lines`: 'after epoch E' or
   'epoch E, batch B' ('' if the run has no epoch line to tell)."""
-  if not lines:
+  per_epoch = int(lines[0]["step"]) // lines[0]["epoch"] if lines else 0
+  if per_epoch <= 0:
     return ""
-  per_epoch = lines[0]["step"] // lines[0]["epoch"]
   epoch, batch = divmod(step, per_epoch)
   return f"after epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
 
