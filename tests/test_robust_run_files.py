@@ -395,7 +395,11 @@ def test_a_diverged_run_says_so_instead_of_its_numbers(tmp_path, capsys):
     train(workdir, **{"optimizer.learning_rate": 1e30})
   for name in ("evaluate", "plot"):
     line = error_of(command(capsys, name, "--workdir", workdir))
-    assert "did not finish: training diverged" in line and "test loss" not in line
+    assert "stopped without a result (training diverged" in line
+    assert "test loss" not in line
+  train(workdir, num_epochs=1)  # no result yet: the workdir is free for a new start
+  assert run_dir.read_divergence(str(workdir)) is None
+  assert command(capsys, "evaluate", "--workdir", workdir).code == 0
 
 
 # --- 10. --force removes what the old run wrote --------------------------------

@@ -92,19 +92,20 @@ def refuse_link(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, mode: str = "w") -> Iterator[IO]:
+def atomic_file(path: str, mode: str = "w", flag: str = "--workdir") -> Iterator[IO]:
   """A new file to write `path`'s contents into, which replaces `path` once
   written and fsynced; on any error it is removed (no partial file is left)
   and an OSError becomes one UserError line. The temporary file has a fresh
   name (O_EXCL), so no planted link can be written through, and os.replace
-  replaces the name, never what a link there points to."""
+  replaces the name, never what a link there points to. `flag` names the
+  command's flag that chose the folder, for the error."""
   refuse_link(path)
   folder = os.path.dirname(path) or "."
   try:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
                                suffix=_TMP_SUFFIX)
   except OSError as e:
-    raise write_error(e, path) from None
+    raise write_error(e, path, flag) from None
   try:
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from a shared group
     with os.fdopen(fd, mode) as f:
@@ -116,7 +117,7 @@ def atomic_file(path: str, mode: str = "w") -> Iterator[IO]:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     if isinstance(e, OSError):
-      raise write_error(e, path) from None
+      raise write_error(e, path, flag) from None
     raise
 
 
@@ -162,12 +163,12 @@ def config_as_dict(config: ml_collections.ConfigDict) -> Dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def make_folder(path: str) -> str:
+def make_folder(path: str, flag: str = "--workdir") -> str:
   """Creates folder `path` if needed; a failure is one UserError line."""
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise write_error(e, path) from None
+    raise write_error(e, path, flag) from None
   return path
 
 
@@ -230,7 +231,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
           f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
           "use a new --workdir, or pass --force to delete that run (its checkpoints "
           "included) and train this config there.")
-    _remove(os.path.join(workdir, DIVERGED_FILE))  # tried again: it may not diverge
+  _remove(os.path.join(workdir, DIVERGED_FILE))  # tried again: it may not diverge
   write_config(workdir, config)
 
 

@@ -17,15 +17,16 @@ from mnist_jax.core.errors import UserError
 LOCK_FILE = "train.lock"
 
 
-def write_error(error: OSError, path: str) -> UserError:
-  """A failed write of `path` as one line that says what to do."""
+def write_error(error: OSError, path: str, flag: str = "--workdir") -> UserError:
+  """A failed write of `path` as one line that says what to do; `flag` is the
+  command's flag that chose the folder."""
   if error.errno == errno.ENOSPC:
+    resumes = " (a run resumes from its last checkpoint)" if flag == "--workdir" else ""
     return UserError(f"no space left on the device holding {path}: free some space "
-                     "and run the same command again (a run resumes from its last "
-                     "checkpoint).")
+                     f"and run the same command again{resumes}.")
   if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
     return UserError(f"cannot write {path} ({error.strerror}): make it writable or "
-                     "choose another --workdir.")
+                     f"choose another {flag}.")
   return UserError(f"cannot write {path} ({error.strerror or error}): check the path "
                    "and the disk, then run the same command again.")
 

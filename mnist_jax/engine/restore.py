@@ -47,9 +47,8 @@ def refuse_diverged(workdir: str) -> None:
   is not a result."""
   reason = run_dir.read_divergence(workdir)
   if reason is not None:
-    raise UserError(f"{workdir!r} did not finish: {reason}; its checkpoints are not a "
-                    "trained run: train it again with a lower "
-                    "config.optimizer.learning_rate (train ... --force).")
+    raise UserError(f"{workdir!r} stopped without a result ({reason}): train it again "
+                    "with a lower config.optimizer.learning_rate (train ... --force).")
 
 
 def describe_step(step: int, lines: List[Dict]) -> str:

@@ -168,8 +168,8 @@ def check_out_dir(out_dir: str) -> None:
 def write_result(result: Dict, out_dir: str) -> str:
   """Writes OUT_DIR/ensemble.json, whole or not at all, and returns its path."""
   check_out_dir(out_dir)
-  path = os.path.join(run_dir.make_folder(out_dir), RESULT_FILE)
-  with run_dir.atomic_file(path) as f:
+  path = os.path.join(run_dir.make_folder(out_dir, "--out"), RESULT_FILE)
+  with run_dir.atomic_file(path, flag="--out") as f:
     json.dump(result, f, indent=2, sort_keys=True)
     f.write("\n")
   return path
