@@ -429,3 +429,10 @@ def test_every_figure_plot_draws_is_one_force_removes():
   from mnist_jax.inference import figures, plots
   assert set(figures.FIGSIZES) == set(run_dir.FIGURE_NAMES)
   assert set(plots.FORMATS) == set(run_dir.FIGURE_FORMATS)
+
+
+def test_a_folder_in_place_of_a_run_file_is_one_line(run, capsys):
+  os.remove(run / run_dir.CONFIG_FILE)
+  (run / run_dir.CONFIG_FILE).mkdir()
+  assert "config.json is a folder, not the file" in error_of(
+      command(capsys, "evaluate", "--workdir", run))

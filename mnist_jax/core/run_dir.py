@@ -35,6 +35,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
@@ -137,11 +138,12 @@ def _read_bytes(path: str) -> Optional[bytes]:
   except OSError as e:
     if e.errno == errno.ELOOP:
       refuse_link(path)
-    if e.errno == errno.EISDIR or os.path.isdir(path):
-      raise UserError(f"{path} is a folder, not the file a run keeps there: move it "
-                      "away, then run the same command again.") from None
     raise UserError(f"cannot read {path} ({e.strerror}): make it readable, then run "
                     "the same command again.") from None
+  if stat.S_ISDIR(os.fstat(fd).st_mode):  # opened, though not a file
+    os.close(fd)
+    raise UserError(f"{path} is a folder, not the file a run keeps there: move it "
+                    "away, then run the same command again.")
   with os.fdopen(fd, "rb") as f:
     return f.read()
 
@@ -289,9 +291,9 @@ def written_by_package(workdir: str) -> List[str]:
   figures = [os.path.join(workdir, FIGURES_DIR, f"{n}.{fmt}")
              for n in FIGURE_NAMES for fmt in FIGURE_FORMATS]
   patterns = [EVENTS_PATTERN, f".*{_TMP_SUFFIX}", os.path.join(FIGURES_DIR, f".*{_TMP_SUFFIX}")]
+  # A pattern's leading '.' matches hidden names (the temporary files).
   found = [p for pattern in patterns
-           for p in glob.glob(os.path.join(glob.escape(workdir), pattern),
-                              include_hidden=True)]
+           for p in glob.glob(os.path.join(glob.escape(workdir), pattern))]
   return [p for p in named + figures if os.path.lexists(p)] + sorted(found)
 
 
