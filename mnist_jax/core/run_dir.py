@@ -237,8 +237,10 @@ def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
   write_config(workdir, config)
 
 
-_CONFIG_TODO = ("put back the run's config.json from a copy, or pass --force to "
-                "`train` to train the run again from the start.")
+# The way out of a damaged run, saying what it costs.
+_FORCE = ("pass --force to `train` to delete the run (its checkpoints included) and "
+          "train it again from the start")
+_CONFIG_TODO = f"put back the run's config.json from a copy, or {_FORCE}."
 
 
 def _read_config_dict(path: str, required: bool = True) -> Optional[Dict]:
@@ -325,8 +327,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f"{path}: {e} Put back the run's config.json from a copy.") from None
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     # a field whose type has changed since the run was saved, or edited by hand
-    raise UserError(f"{path} does not fit today's config fields ({e}): train the run "
-                    "again (--force), or read it with the code that wrote it.") from None
+    raise UserError(f"{path} does not fit today's config fields ({e}): read the run "
+                    f"with the code that wrote it, or {_FORCE}.") from None
   return config
 
 
@@ -385,7 +387,7 @@ def keep_epochs(workdir: str, completed: int) -> None:
     raise UserError(
         f"{path} lacks the lines of epoch(s) {', '.join(map(str, missing))}, which "
         f"the checkpoint (after epoch {completed}) has trained: put the file back "
-        "from a copy, or pass --force to train the run again from the start.")
+        f"from a copy, or {_FORCE}.")
   if damaged or kept != lines:
     _write_atomic(path, "".join(_line(m) for m in kept))
 
@@ -399,7 +401,7 @@ def _one_per_epoch(path: str, lines: List[Dict]) -> List[Dict]:
     if _without_timings(first) != _without_timings(m):
       raise UserError(
           f"{path} holds two different lines for epoch {m['epoch']} (two runs wrote "
-          "it at once): pass --force to train the run again from the start.")
+          f"it at once): {_FORCE}.")
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -428,8 +430,7 @@ def _read_lines(path: str) -> Tuple[List[Dict], bool]:
     if problem or (m is None and i < len(lines) - 1):
       raise UserError(f"{path} line {i + 1} is not an epoch line "
                       f"({problem or 'not a JSON object'}; the file was damaged or "
-                      "edited): put the file back from a copy, or pass --force to "
-                      "`train` to train the run again from the start.")
+                      f"edited): put the file back from a copy, or {_FORCE}.")
   damaged = [i for i, m in enumerate(lines) if m is None]
   if damaged:
     print(f"warning: {path}: left out its last line, cut off mid-write "

@@ -413,6 +413,7 @@ def restore_latest(workdir: str, template_state, which: str = "last",
     hint = ("train the run first (python -m mnist_jax train ...)" if which == "last"
             else "this run reports its best validation epoch (config.select = "
             "'best_val'), whose checkpoint is missing: if the run was trained, it "
-            "was deleted; train the run again with `train ... --force`")
+            "was deleted; `train ... --force` deletes the run's other checkpoints and "
+            "trains it again")
     raise UserError(f"no checkpoint in {where}: {hint}.")
   return _from_item(template_state, found[1]["state"]), found[0]

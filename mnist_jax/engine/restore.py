@@ -48,7 +48,8 @@ def refuse_diverged(workdir: str) -> None:
   reason = run_dir.read_divergence(workdir)
   if reason is not None:
     raise UserError(f"{workdir!r} stopped without a result ({reason}): train it again "
-                    "with a lower config.optimizer.learning_rate (train ... --force).")
+                    "with a lower config.optimizer.learning_rate (`train ... --force` "
+                    "deletes its last good checkpoints).")
 
 
 def describe_step(step: int, lines: List[Dict]) -> str:
