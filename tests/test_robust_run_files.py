@@ -27,7 +27,8 @@ from robust_support import OVERRIDES, random_data, tiny_config
 
 Result = collections.namedtuple("Result", "code out err")
 # `train`'s flags for tiny_config(): the same config as the runs here.
-TINY_TRAIN = ["--config", "configs/mlp.py", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+TINY_TRAIN = ["--config", "configs/mlp.py",
+              *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -257,6 +258,7 @@ def test_a_cut_last_line_with_its_checkpoint_resumes_from_an_older_one(run, fini
   err = capfd.readouterr().err
   assert "the checkpoints of steps 40 go past them: deleting those (intact)" in err
   assert "resume from step 35" in err
+  assert err.count("left out its last line") == 1
   assert (without_times(run_dir.read_metrics(str(run)))
           == without_times(run_dir.read_metrics(str(finished))))
   assert_same_bits(final_params(run), final_params(finished))

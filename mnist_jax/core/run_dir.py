@@ -292,7 +292,8 @@ def written_by_package(workdir: str) -> List[str]:
   named = [os.path.join(workdir, n) for n in RUN_FILES + RUN_DIRS]
   figures = [os.path.join(workdir, FIGURES_DIR, f"{n}.{fmt}")
              for n in FIGURE_NAMES for fmt in FIGURE_FORMATS]
-  patterns = [EVENTS_PATTERN, f".*{_TMP_SUFFIX}", os.path.join(FIGURES_DIR, f".*{_TMP_SUFFIX}")]
+  patterns = [EVENTS_PATTERN, f".*{_TMP_SUFFIX}",
+              os.path.join(FIGURES_DIR, f".*{_TMP_SUFFIX}")]
   # A pattern's leading '.' matches hidden names (the temporary files).
   found = [p for pattern in patterns
            for p in glob.glob(os.path.join(glob.escape(workdir), pattern))]
@@ -409,16 +410,16 @@ def _without_timings(metrics: Dict) -> Dict:
   return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-def read_metrics(workdir: str) -> List[Dict]:
+def read_metrics(workdir: str, notice: bool = True) -> List[Dict]:
   """All epoch lines of a run, in order; [] if it has none yet.
 
   A last line cut off mid-write is left out, with a one-line notice on
-  stderr; a damaged line before the last is a UserError.
+  stderr (unless not `notice`); a damaged line is a UserError.
   """
-  return _read_lines(os.path.join(workdir, METRICS_FILE))[0]
+  return _read_lines(os.path.join(workdir, METRICS_FILE), notice)[0]
 
 
-def _read_lines(path: str) -> Tuple[List[Dict], bool]:
+def _read_lines(path: str, notice: bool = True) -> Tuple[List[Dict], bool]:
   """(the epoch lines of metrics file `path`, whether a cut last line was dropped)."""
   text = _read_bytes(path)
   if text is None:
@@ -432,13 +433,14 @@ def _read_lines(path: str) -> Tuple[List[Dict], bool]:
                       f"({problem or 'not a JSON object'}; the file was damaged or "
                       f"edited): put the file back from a copy, or {_FORCE}.")
   damaged = [i for i, m in enumerate(lines) if m is None]
-  if damaged:
+  if not damaged:
+    return lines, False
+  if notice:
     print(f"warning: {path}: left out its last line, cut off mid-write "
           f"({raw[-1][:40].decode(errors='replace')!r}...); a resumed run writes that "
           "epoch again.",
           file=sys.stderr)
-    return lines[:-1], True
-  return lines, False
+  return lines[:-1], True
 
 
 def _parse(line: bytes) -> Optional[Dict]:

@@ -65,7 +65,7 @@ def _drop_past_metrics(group: Group) -> None:
   the steps again, to the same bits. With none within, nothing is deleted
   (run_dir.keep_epochs then says what is missing)."""
   for workdir, mngr in zip(group.workdirs, group.mngrs):
-    recorded = len(run_dir.read_metrics(workdir))
+    recorded = len(run_dir.read_metrics(workdir, notice=False))  # keep_epochs says it
     steps = sorted(mngr.all_steps())
     past = [s for s in steps if s // group.steps > recorded]
     within = [s for s in steps if s // group.steps <= recorded]
