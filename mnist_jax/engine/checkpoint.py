@@ -283,26 +283,32 @@ def _reason(error: Exception) -> str:
   return text if len(text) <= 120 else text[:117] + "..."
 
 
-def saved_config(mngr: ocp.CheckpointManager, step: int) -> Optional[Dict]:
-  """The config that trained checkpoint `step` (see config_record); None if
-  the checkpoint has no readable record (saved by older code, or damaged:
-  reading its state then says so)."""
+def _saved_record(mngr: ocp.CheckpointManager, step: int) -> Optional[Dict]:
+  """Checkpoint `step`'s config_record; None if it has no readable one (saved
+  by older code, or damaged: reading its state then says so)."""
   try:
     record = mngr.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"]
   except Exception:  # noqa: BLE001 -- absent (KeyError) or damaged alike
     return None
-  config = record.get("config") if isinstance(record, dict) else None
-  return config if isinstance(config, dict) else None
+  if not (isinstance(record, dict) and isinstance(record.get("config"), dict)):
+    return None
+  return record
+
+
+def saved_config(mngr: ocp.CheckpointManager, step: int) -> Optional[Dict]:
+  """The config that trained checkpoint `step`; None if it is unknown."""
+  record = _saved_record(mngr, step)
+  return None if record is None else record["config"]
 
 
 def _differences(mngr: ocp.CheckpointManager, step: int, config: Dict) -> List[str]:
   """How `config` differs from the one that trained checkpoint `step`
   ([] if it does not, or if that one is unknown)."""
-  saved = saved_config(mngr, step)
-  if saved is None or config_record(saved)["sha256"] == config_record(config)["sha256"]:
+  record = _saved_record(mngr, step)
+  if record is None or record.get("sha256") == config_record(config)["sha256"]:
     return []
-  return run_dir.config_differences(saved, config)
+  return run_dir.config_differences(record["config"], config)
 
 
 def check_resumable(workdir: str, config: Dict) -> None:
