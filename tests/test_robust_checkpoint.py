@@ -109,7 +109,7 @@ def test_no_readable_checkpoint_is_one_error_that_says_force(stopped, tmp_path):
   for step in (20, 21, 28):
     damage(workdir, "no_progress", step)
   with pytest.raises(UserError, match=r"no checkpoint in .* can be read \(steps 28, "
-                     r"21, 20 are damaged\): .*--force"):
+                     r"21, 20: damaged, .*`train \.\.\. --force` deletes these"):
     train(workdir)
 
 
@@ -237,4 +237,4 @@ def test_a_save_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path, monke
                                 opt_state={}, step=np.int32(0))
   with pytest.raises(UserError, match=r"only 1\.0 MB free on the device holding .*"
                      r"needs about 6\.1 MB: free some space and run the same command"):
-    checkpoint.save(checkpoint.manager(str(tmp_path)), 1, state, {})
+    checkpoint.save(checkpoint.manager(str(tmp_path)), 1, state, {}, {})

@@ -8,6 +8,7 @@ answered without importing JAX.
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Sequence
 
 from absl import flags
@@ -88,8 +89,16 @@ def evaluate(fv: flags.FlagValues, args: List[str]) -> int:
   start_jax(fv)
   from mnist_jax.engine.restore import restore_and_evaluate
   result = restore_and_evaluate(fv.workdir, mnist_dir=fv.data_dir)
-  print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f} "
-        f"({result['count']} images)")
+  where = f"step {result['step']}" + (f", {result['position']}" if result["position"] else "")
+  if result["final_step"] is None:
+    print(f"warning: {fv.workdir} is unfinished: evaluating its newest readable "
+          f"checkpoint ({where}), not a final one.", file=sys.stderr)
+  elif result["final_step"] != result["step"]:
+    print(f"warning: evaluating the checkpoint of {where}, not the run's final one "
+          f"(step {result['final_step']}, which cannot be read or was deleted): the "
+          "numbers differ from those metrics.jsonl reports.", file=sys.stderr)
+  print(f"checkpoint of {where}: test loss {result['loss']:.4f}  test accuracy "
+        f"{result['accuracy']:.4f} ({result['count']} images)")
   return 0
 
 

@@ -13,26 +13,38 @@
   <workdir>/failed.json     a study run that stopped on a UserError, with its
                             one-line reason (removed when the run is retried)
   <workdir>/events.out.tfevents.*  TensorBoard events (engine/metric_writer.py)
+  <workdir>/diverged.json   a run stopped by a NaN or inf loss, with its reason
   <workdir>/profile/        a jax.profiler trace (config.profile_steps > 0)
   <workdir>/figures/        figures drawn from the above (python -m mnist_jax plot)
 
 Writers and readers (tables, plots) both go through this module, so metric
-names cannot drift apart.
+names cannot drift apart. A run directory may come from someone else, so it
+is never trusted: its files are opened without following symbolic links (a
+planted link is a UserError, never a write elsewhere), every file is checked
+where it is read (wrong JSON, types or keys are a UserError naming the file),
+and every write goes to a new temporary file beside its target that replaces
+the target only once complete (a full disk or a read-only folder leaves no
+partial file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
+import stat
 import sys
-from typing import Dict, List, Optional, Tuple
+import tempfile
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 
 from mnist_jax.core import config as config_lib
 from mnist_jax.core.errors import UserError
-from mnist_jax.core.workdir import write_error
+from mnist_jax.core.workdir import LOCK_FILE, write_error
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -41,7 +53,20 @@ BEST_CHECKPOINT_DIR = "best_checkpoint"
 EXTRAS_FILE = "extras.json"
 REJECTED_FILE = "rejected.json"
 FAILED_FILE = "failed.json"
+DIVERGED_FILE = "diverged.json"
 FIGURES_DIR = "figures"
+PROFILE_DIR = "profile"
+EVENTS_PATTERN = "events.out.tfevents.*"
+# The figures `plot` draws (inference/figures.FIGSIZES has their sizes), in
+# the formats it writes: what `--force` removes from figures/.
+FIGURE_NAMES = ("train_samples", "conv_kernels", "feature_maps", "confusion_matrix",
+                "per_class_accuracy", "misclassified", "learning_curves", "softmax")
+FIGURE_FORMATS = ("png", "pdf")
+# The files and folders the package writes into a run directory besides
+# figures/, events and the lock: all that `--force` deletes.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, EXTRAS_FILE, REJECTED_FILE, FAILED_FILE,
+             DIVERGED_FILE)
+RUN_DIRS = (CHECKPOINT_DIR, BEST_CHECKPOINT_DIR, PROFILE_DIR)
 
 # Every epoch line of metrics.jsonl has these keys...
 METRIC_KEYS = (
@@ -55,19 +80,84 @@ OPTIONAL_METRIC_KEYS = ("val_loss", "val_accuracy", "val_count")
 # Keys that differ between two runs of one config (wall-clock measurements).
 TIMING_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 SELECTIONS = ("last", "best_val")
+_TMP_SUFFIX = ".tmp"
+
+
+def refuse_link(path: str) -> None:
+  """A UserError if `path` is a symbolic link: a run's files and folders are
+  never links, and one planted there would send a write outside the run."""
+  if os.path.islink(path):
+    raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), which a run "
+                    "directory never holds: delete the link (and check the run's "
+                    "other files), then run the same command again.")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w", flag: str = "--workdir") -> Iterator[IO]:
+  """A new file to write `path`'s contents into, which replaces `path` once
+  written and fsynced; on any error it is removed (no partial file is left)
+  and an OSError becomes one UserError line. The temporary file has a fresh
+  name (O_EXCL), so no planted link can be written through, and os.replace
+  replaces the name, never what a link there points to. `flag` names the
+  command's flag that chose the folder, for the error."""
+  refuse_link(path)
+  folder = os.path.dirname(path) or "."
+  try:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                               suffix=_TMP_SUFFIX)
+  except OSError as e:
+    raise write_error(e, path, flag) from None
+  try:
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from a shared group
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    if isinstance(e, OSError):
+      raise write_error(e, path, flag) from None
+    raise
 
 
 def _write_atomic(path: str, text: str) -> None:
   """Write, fsync, then rename, so neither a kill nor a crash leaves half a file."""
-  tmp = path + ".tmp"
+  with atomic_file(path) as f:
+    f.write(text)
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+  """The contents of run file `path`, opened without following a link; None
+  if it does not exist."""
   try:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+  except FileNotFoundError:
+    return None
   except OSError as e:
-    raise write_error(e, path) from None
+    if e.errno == errno.ELOOP:
+      refuse_link(path)
+    raise UserError(f"cannot read {path} ({e.strerror}): make it readable, then run "
+                    "the same command again.") from None
+  if stat.S_ISDIR(os.fstat(fd).st_mode):  # opened, though not a file
+    os.close(fd)
+    raise UserError(f"{path} is a folder, not the file a run keeps there: move it "
+                    "away, then run the same command again.")
+  with os.fdopen(fd, "rb") as f:
+    return f.read()
+
+
+def _read_json(path: str, todo: str) -> Any:
+  """The JSON value in run file `path` (None if absent); not JSON: a UserError
+  that ends with `todo`."""
+  raw = _read_bytes(path)
+  if raw is None:
+    return None
+  try:
+    return json.loads(raw)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}): {todo}") from None
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> Dict:
@@ -75,8 +165,17 @@ def config_as_dict(config: ml_collections.ConfigDict) -> Dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def make_folder(path: str, flag: str = "--workdir") -> str:
+  """Creates folder `path` if needed; a failure is one UserError line."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise write_error(e, path, flag) from None
+  return path
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  make_folder(workdir)
   _write_atomic(os.path.join(workdir, CONFIG_FILE),
                 config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
@@ -117,32 +216,51 @@ def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
   """Makes `workdir` this config's run: new, the same config (resume), or forced.
 
   A workdir trained with another config is refused, naming the differing keys.
-  `force` starts the run over: its config, metrics and checkpoints are deleted
-  first (also the way out of damaged metrics or checkpoints). A config.json
-  with no checkpoint and no epoch line beside it (a first start that failed,
-  e.g. on a bad split) is no run yet: it is replaced.
+  `force` starts the run over: everything the package wrote there is deleted
+  first (`clear`; also the way out of damaged metrics or checkpoints). A
+  config.json with no checkpoint and no epoch line beside it (a first start
+  that failed, e.g. on a bad split) is no run yet: it is replaced. The
+  checkpoints' own configs are checked before this (engine/checkpoint.py).
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if force:
     clear(workdir)
-  elif os.path.isfile(path) and has_results(workdir):
-    diffs = _differences_from_saved(path, config)
+  elif has_results(workdir):
+    saved = _read_config_dict(path, required=False)
+    diffs = [] if saved is None else config_differences(saved, config_as_dict(config))
     if diffs:
       raise UserError(
           f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
-          "use a new --workdir, or pass --force to overwrite that run.")
+          "use a new --workdir, or pass --force to delete that run (its checkpoints "
+          "included) and train this config there.")
+  _remove(os.path.join(workdir, DIVERGED_FILE))  # tried again: it may not diverge
   write_config(workdir, config)
 
 
-def _differences_from_saved(path: str, config: ml_collections.ConfigDict) -> List[str]:
-  """config_differences between the saved config.json and `config`."""
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} is not valid JSON ({e}): put back the run's config, or "
-                    "pass --force to train the run again from the start.") from None
-  return config_differences(saved, config_as_dict(config))
+# The way out of a damaged run, saying what it costs.
+_FORCE = ("pass --force to `train` to delete the run (its checkpoints included) and "
+          "train it again from the start")
+_CONFIG_TODO = f"put back the run's config.json from a copy, or {_FORCE}."
+
+
+def _read_config_dict(path: str, required: bool = True) -> Optional[Dict]:
+  """config.json's dict, checked to be a run's config; None if it is absent
+  and not `required`."""
+  saved = _read_json(path, _CONFIG_TODO)
+  if saved is None and not required:
+    return None
+  if saved is None:
+    workdir = os.path.dirname(path) or "."
+    raise UserError(f"{path} not found: {workdir!r} is not a training run "
+                    "directory; train one with `python -m mnist_jax train`.")
+  if not isinstance(saved, dict):
+    raise UserError(f"{path} holds a JSON {type(saved).__name__}, not a run's config: "
+                    + _CONFIG_TODO)
+  model = saved.get("model")
+  if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+    raise UserError(f"{path} has no model block with a name, which every run's config "
+                    "has: " + _CONFIG_TODO)
+  return saved
 
 
 def has_results(workdir: str) -> bool:
@@ -156,29 +274,63 @@ def has_results(workdir: str) -> bool:
              for d in (checkpoint_dir(workdir), best_checkpoint_dir(workdir)))
 
 
+def _remove(path: str) -> None:
+  """Deletes file, link or folder `path` (a link itself, never its target)."""
+  try:
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+  except OSError as e:
+    raise UserError(f"cannot delete {path} ({e.strerror}): make the run directory "
+                    "writable, then run the same command again.") from None
+
+
+def written_by_package(workdir: str) -> List[str]:
+  """Paths of everything in `workdir` the package wrote there (see the module
+  docstring), the lock aside: what `clear` deletes."""
+  named = [os.path.join(workdir, n) for n in RUN_FILES + RUN_DIRS]
+  figures = [os.path.join(workdir, FIGURES_DIR, f"{n}.{fmt}")
+             for n in FIGURE_NAMES for fmt in FIGURE_FORMATS]
+  patterns = [EVENTS_PATTERN, f".*{_TMP_SUFFIX}",
+              os.path.join(FIGURES_DIR, f".*{_TMP_SUFFIX}")]
+  # A pattern's leading '.' matches hidden names (the temporary files).
+  found = [p for pattern in patterns
+           for p in glob.glob(os.path.join(glob.escape(workdir), pattern))]
+  return [p for p in named + figures if os.path.lexists(p)] + sorted(found)
+
+
 def clear(workdir: str) -> None:
-  """Deletes a run's results (config, metrics, checkpoints), nothing else."""
-  for name in (CONFIG_FILE, METRICS_FILE):
-    if os.path.isfile(os.path.join(workdir, name)):
-      os.remove(os.path.join(workdir, name))
-  shutil.rmtree(checkpoint_dir(workdir), ignore_errors=True)
-  shutil.rmtree(best_checkpoint_dir(workdir), ignore_errors=True)
+  """Deletes everything the package wrote in `workdir` (written_by_package):
+  a forced run starts from nothing of the old one (no stale extras.json or
+  TensorBoard events of another model). Files the package never writes are
+  the user's: they are kept, and named in a notice."""
+  for path in written_by_package(workdir):
+    _remove(path)
+  figures = figures_dir(workdir)
+  if os.path.isdir(figures) and not os.listdir(figures):
+    _remove(figures)
+  kept = sorted(set(os.listdir(workdir)) - {LOCK_FILE}) if os.path.isdir(workdir) else []
+  if kept:
+    print(f"warning: --force kept what the package did not write in {workdir}: "
+          f"{', '.join(kept)}.", file=sys.stderr)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config as trained, with defaults for the fields older code did
   not write (config.from_saved): the one way a run's config is read back."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: {workdir!r} is not a training run "
-                    "directory; train one with `python -m mnist_jax train`.")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = _read_config_dict(path)
   try:
-    return config_lib.from_saved(saved)
-  except TypeError as e:  # a field whose type has changed since the run was saved
-    raise UserError(f"{path} does not fit today's config fields ({e}): train the run "
-                    "again (--force), or read it with the code that wrote it.") from None
+    config = config_lib.from_saved(saved)
+    config_lib.validate(config)
+  except UserError as e:  # edited by hand: a value no run can have
+    raise UserError(f"{path}: {e} Put back the run's config.json from a copy.") from None
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    # a field whose type has changed since the run was saved, or edited by hand
+    raise UserError(f"{path} does not fit today's config fields ({e}): read the run "
+                    f"with the code that wrote it, or {_FORCE}.") from None
+  return config
 
 
 def append_metrics(workdir: str, metrics: Dict) -> None:
@@ -197,12 +349,20 @@ def append_metrics(workdir: str, metrics: Dict) -> None:
                      "them to run_dir.METRIC_KEYS or OPTIONAL_METRIC_KEYS")
   path = os.path.join(workdir, METRICS_FILE)
   try:
-    with open(path, "a") as f:
-      f.write(_line(metrics))
-      f.flush()
-      os.fsync(f.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
   except OSError as e:
+    refuse_link(path)
     raise write_error(e, path) from None
+  size = os.fstat(fd).st_size
+  try:
+    os.write(fd, _line(metrics).encode())
+    os.fsync(fd)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.ftruncate(fd, size)  # no part of the line is left behind
+    raise write_error(e, path) from None
+  finally:
+    os.close(fd)
 
 
 def _line(metrics: Dict) -> str:
@@ -228,7 +388,7 @@ def keep_epochs(workdir: str, completed: int) -> None:
     raise UserError(
         f"{path} lacks the lines of epoch(s) {', '.join(map(str, missing))}, which "
         f"the checkpoint (after epoch {completed}) has trained: put the file back "
-        "from a copy, or pass --force to train the run again from the start.")
+        f"from a copy, or {_FORCE}.")
   if damaged or kept != lines:
     _write_atomic(path, "".join(_line(m) for m in kept))
 
@@ -242,7 +402,7 @@ def _one_per_epoch(path: str, lines: List[Dict]) -> List[Dict]:
     if _without_timings(first) != _without_timings(m):
       raise UserError(
           f"{path} holds two different lines for epoch {m['epoch']} (two runs wrote "
-          "it at once): pass --force to train the run again from the start.")
+          f"it at once): {_FORCE}.")
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -250,45 +410,71 @@ def _without_timings(metrics: Dict) -> Dict:
   return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-def read_metrics(workdir: str) -> List[Dict]:
+def read_metrics(workdir: str, notice: bool = True) -> List[Dict]:
   """All epoch lines of a run, in order; [] if it has none yet.
 
   A last line cut off mid-write is left out, with a one-line notice on
-  stderr; a damaged line before the last is a UserError.
+  stderr (unless not `notice`); a damaged line is a UserError.
   """
-  return _read_lines(os.path.join(workdir, METRICS_FILE))[0]
+  return _read_lines(os.path.join(workdir, METRICS_FILE), notice)[0]
 
 
-def _read_lines(path: str) -> Tuple[List[Dict], bool]:
+def _read_lines(path: str, notice: bool = True) -> Tuple[List[Dict], bool]:
   """(the epoch lines of metrics file `path`, whether a cut last line was dropped)."""
-  if not os.path.isfile(path):
+  text = _read_bytes(path)
+  if text is None:
     return [], False
-  with open(path, "rb") as f:
-    raw = [line for line in f.read().split(b"\n") if line.strip()]
+  raw = [line for line in text.split(b"\n") if line.strip()]
   lines = [_parse(line) for line in raw]
+  for i, m in enumerate(lines):
+    problem = _line_problem(m) if isinstance(m, dict) else None
+    if problem or (m is None and i < len(lines) - 1):
+      raise UserError(f"{path} line {i + 1} is not an epoch line "
+                      f"({problem or 'not a JSON object'}; the file was damaged or "
+                      f"edited): put the file back from a copy, or {_FORCE}.")
   damaged = [i for i, m in enumerate(lines) if m is None]
-  if damaged and damaged != [len(lines) - 1]:
-    raise UserError(f"{path} line {damaged[0] + 1} is not an epoch line (the file was "
-                    "damaged or edited): put the file back from a copy, or pass "
-                    "--force to train the run again from the start.")
-  if damaged:
+  if not damaged:
+    return lines, False
+  if notice:
     print(f"warning: {path}: left out its last line, cut off mid-write "
           f"({raw[-1][:40].decode(errors='replace')!r}...); a resumed run writes that "
           "epoch again.",
           file=sys.stderr)
-    return lines[:-1], True
-  return lines, False
+  return lines[:-1], True
 
 
 def _parse(line: bytes) -> Optional[Dict]:
-  """The epoch line's dict, or None if it is not one (e.g. cut off)."""
+  """The line's JSON object, or None if it is not one (e.g. cut off)."""
   try:
     metrics = json.loads(line)
-  except ValueError:
+  except (ValueError, UnicodeDecodeError):
     return None
-  if not isinstance(metrics, dict) or type(metrics.get("epoch")) is not int:
-    return None
-  return metrics
+  return metrics if isinstance(metrics, dict) else None
+
+
+def _line_problem(metrics: Dict) -> Optional[str]:
+  """What is wrong with an epoch line's keys or values; None if nothing."""
+  missing = [k for k in METRIC_KEYS if k not in metrics]
+  if missing:
+    return f"it lacks {', '.join(missing)}"
+  if type(metrics["epoch"]) is not int:
+    return f"epoch = {metrics['epoch']!r} is not a whole number"
+  for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
+    value = metrics.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return f"{key} = {value!r} is not a number"
+  return None
+
+
+def check_folder(path: str) -> str:
+  """`path`, a folder of the run (checkpoints, figures): a UserError if a link
+  or a file stands in its place."""
+  refuse_link(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{path} is a file where the run keeps a folder: move it away "
+                    "(or, if it holds nothing of yours, delete it), then run the same "
+                    "command again.")
+  return path
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -328,22 +514,30 @@ def is_finished(workdir: str, num_epochs: int) -> bool:
 
 
 def _write_json(path: str, value: Dict) -> None:
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  except OSError as e:
-    raise write_error(e, os.path.dirname(path)) from None
+  make_folder(os.path.dirname(path))
   _write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def _read_json(path: str) -> Dict:
-  if not os.path.isfile(path):
+_REWRITE_TODO = "delete it, and the command that wrote it writes it again."
+
+
+def _read_dict(path: str) -> Dict:
+  """The JSON object in `path`; {} if it is absent; else a UserError."""
+  value = _read_json(path, _REWRITE_TODO)
+  if value is None:
     return {}
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} is not valid JSON ({e}): delete it, and the command "
-                    "that wrote it writes it again.") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object: "
+                    + _REWRITE_TODO)
+  return value
+
+
+def _read_reason(path: str) -> Optional[str]:
+  """The "reason" of a rejected.json or failed.json; None if it is absent."""
+  reason = _read_dict(path).get("reason")
+  if not (reason is None or isinstance(reason, str)):
+    raise UserError(f"{path} has a reason that is not text: " + _REWRITE_TODO)
+  return reason
 
 
 def update_extras(workdir: str, **values) -> Dict:
@@ -355,7 +549,7 @@ def update_extras(workdir: str, **values) -> Dict:
 
 def read_extras(workdir: str) -> Dict:
   """The run's extras.json; {} if it has none."""
-  return _read_json(os.path.join(workdir, EXTRAS_FILE))
+  return _read_dict(os.path.join(workdir, EXTRAS_FILE))
 
 
 def write_rejection(point_dir: str, reason: str) -> None:
@@ -365,7 +559,7 @@ def write_rejection(point_dir: str, reason: str) -> None:
 
 def read_rejection(point_dir: str) -> Optional[str]:
   """The reason a study point was rejected, or None if it was not."""
-  return _read_json(os.path.join(point_dir, REJECTED_FILE)).get("reason")
+  return _read_reason(os.path.join(point_dir, REJECTED_FILE))
 
 
 def write_failure(workdir: str, reason: str) -> None:
@@ -375,7 +569,7 @@ def write_failure(workdir: str, reason: str) -> None:
 
 def read_failure(workdir: str) -> Optional[str]:
   """Why the run failed the last time it was tried, or None."""
-  return _read_json(os.path.join(workdir, FAILED_FILE)).get("reason")
+  return _read_reason(os.path.join(workdir, FAILED_FILE))
 
 
 def clear_failure(workdir: str) -> None:
@@ -387,3 +581,13 @@ def clear_failure(workdir: str) -> None:
 
 def figures_dir(workdir: str) -> str:
   return os.path.join(workdir, FIGURES_DIR)
+
+
+def write_divergence(workdir: str, reason: str) -> None:
+  """Marks a run stopped by a NaN or inf: its checkpoints are not a result."""
+  _write_json(os.path.join(workdir, DIVERGED_FILE), {"reason": reason})
+
+
+def read_divergence(workdir: str) -> Optional[str]:
+  """Why the run stopped diverging, or None if it did not."""
+  return _read_reason(os.path.join(workdir, DIVERGED_FILE))

@@ -10,22 +10,23 @@ import contextlib
 import errno
 import fcntl
 import os
-from typing import Iterator
+from typing import Iterator, Tuple
 
 from mnist_jax.core.errors import UserError
 
 LOCK_FILE = "train.lock"
 
 
-def write_error(error: OSError, path: str) -> UserError:
-  """A failed write of `path` as one line that says what to do."""
+def write_error(error: OSError, path: str, flag: str = "--workdir") -> UserError:
+  """A failed write of `path` as one line that says what to do; `flag` is the
+  command's flag that chose the folder."""
   if error.errno == errno.ENOSPC:
+    resumes = " (a run resumes from its last checkpoint)" if flag == "--workdir" else ""
     return UserError(f"no space left on the device holding {path}: free some space "
-                     "and run the same command again (a run resumes from its last "
-                     "checkpoint).")
+                     f"and run the same command again{resumes}.")
   if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
     return UserError(f"cannot write {path} ({error.strerror}): make it writable or "
-                     "choose another --workdir.")
+                     f"choose another {flag}.")
   return UserError(f"cannot write {path} ({error.strerror or error}): check the path "
                    "and the disk, then run the same command again.")
 
@@ -62,10 +63,7 @@ def locked(workdir: str, hold: bool = True, flag: str = "--workdir") -> Iterator
     yield
     return
   path = os.path.join(make_workdir(workdir), LOCK_FILE)
-  try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  except OSError as e:
-    raise write_error(e, path) from None
+  fd, created = _open_lock(path)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,11 +71,42 @@ def locked(workdir: str, hold: bool = True, flag: str = "--workdir") -> Iterator
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
       raise UserError(f"{workdir} is being trained by process {holder}: wait for it "
                       f"to finish or stop it, or use another {flag}.") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _write_pid(fd, path, created)
     try:
       yield
     finally:
       os.ftruncate(fd, 0)  # an unheld lock names no process
   finally:
     os.close(fd)  # releases the flock
+
+
+def _open_lock(path: str) -> Tuple[int, bool]:
+  """(descriptor, whether this call created the file) of the lock file,
+  opened without following a link: a planted link to a file elsewhere would
+  have that file truncated."""
+  for flags, created in ((os.O_CREAT | os.O_EXCL, True), (0, False)):
+    try:
+      return os.open(path, os.O_RDWR | os.O_NOFOLLOW | flags, 0o644), created
+    except FileExistsError:
+      continue
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), which a "
+                        "run directory never holds: delete the link (and check the "
+                        "run's other files), then run the same command again.") from None
+      raise write_error(e, path) from None
+  raise UserError(f"{path} appeared and vanished while being opened: run the same "
+                  "command again.")
+
+
+def _write_pid(fd: int, path: str, created: bool) -> None:
+  """Records this process as the holder; a failure (a full disk) removes a
+  lock file this process created, so none is left empty."""
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  except OSError as e:
+    if created:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    raise write_error(e, path) from None

@@ -24,6 +24,14 @@ A run that selects its checkpoint by validation accuracy also keeps a copy
 of the best epoch's state in a second manager (`best_manager`), with the
 epoch and validation accuracy that made it the best.
 
+Every checkpoint also holds the config that trained it (a `config` item: the
+config as config.json stores it, and its SHA-256), so a resume or an
+evaluation under another config (a config.json deleted or edited) is refused
+in one line that lists the differences, before anything is written or a
+state is read with the wrong shapes. A checkpoint saved without the item
+(by older code) restores as before: its config is unknown, and config.json
+is taken for it.
+
 A checkpoint that cannot be read (a truncated data file, a deleted
 `_METADATA` or item: orbax raises ValueError, KeyError or a bare Exception,
 measured) is reported in one line and the next older one is tried; only when
@@ -37,17 +45,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import shutil
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.run_dir import best_checkpoint_dir, checkpoint_dir, write_error
 
@@ -59,14 +70,16 @@ _ADDED_LATER = {"ema_batch_stats": lambda state: jax.tree.map(jnp.copy, state.ba
 
 # The items of each kind of checkpoint folder, with their orbax handlers
 # (registered, so that a step's saved fields can be read: `_saved_fields`).
-_LAST_ITEMS = ("state", "progress")
-_BEST_ITEMS = ("state", "selection")
+_LAST_ITEMS = ("state", "progress", "config")
+_BEST_ITEMS = ("state", "selection", "config")
 _HANDLERS = {"state": ocp.StandardCheckpointHandler,
              "progress": ocp.StandardCheckpointHandler,
-             "selection": ocp.JsonCheckpointHandler}
+             "selection": ocp.JsonCheckpointHandler,
+             "config": ocp.JsonCheckpointHandler}
 
 
 def _manager(directory: str, items, **options) -> ocp.CheckpointManager:
+  run_dir.check_folder(directory)
   _quiet_failed_save_noise()
   return ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(**options),
@@ -116,13 +129,23 @@ def _from_item(template_state, item: Dict[str, Any]):
   return state.replace(**stand_ins)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, progress) -> None:
-  """Starts an asynchronous save; `finish(mngr)` before exit."""
+def config_record(config: Dict) -> Dict[str, Any]:
+  """The `config` item of a checkpoint: `config` (as run_dir.config_as_dict
+  gives it) and its SHA-256, which a reader compares first."""
+  text = json.dumps(config, sort_keys=True)
+  return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "config": config}
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, progress,
+         config: Dict) -> None:
+  """Starts an asynchronous save of the state trained by `config` (a
+  config_record); `finish(mngr)` before exit."""
   _check_free_space(mngr, (state_item(state), progress))
   with _write_errors(mngr):
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_item(state)),
-        progress=ocp.args.StandardSave(progress)))
+        progress=ocp.args.StandardSave(progress),
+        config=ocp.args.JsonSave(config)))
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
@@ -227,13 +250,15 @@ def _join_save_threads(timeout_s: float = 30.0) -> None:
 
 
 def save_best(mngr: ocp.CheckpointManager, step: int, state,
-              selection: Dict[str, Any]) -> None:
-  """Keeps `state` as the best so far; `selection` says why (epoch, val_accuracy)."""
+              selection: Dict[str, Any], config: Dict) -> None:
+  """Keeps `state` as the best so far; `selection` says why (epoch,
+  val_accuracy); `config` is the config_record of the run."""
   _check_free_space(mngr, state_item(state))
   with _write_errors(mngr):
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_item(state)),
-        selection=ocp.args.JsonSave(selection)))
+        selection=ocp.args.JsonSave(selection),
+        config=ocp.args.JsonSave(config)))
 
 
 def best_selection(mngr: ocp.CheckpointManager) -> Optional[Dict[str, Any]]:
@@ -258,15 +283,78 @@ def _reason(error: Exception) -> str:
   return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _saved_record(mngr: ocp.CheckpointManager, step: int) -> Optional[Dict]:
+  """Checkpoint `step`'s config_record; None if it has no readable one (saved
+  by older code, or damaged: reading its state then says so)."""
+  try:
+    record = mngr.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+  except Exception:  # noqa: BLE001 -- absent (KeyError) or damaged alike
+    return None
+  if not (isinstance(record, dict) and isinstance(record.get("config"), dict)):
+    return None
+  return record
+
+
+def saved_config(mngr: ocp.CheckpointManager, step: int) -> Optional[Dict]:
+  """The config that trained checkpoint `step`; None if it is unknown."""
+  record = _saved_record(mngr, step)
+  return None if record is None else record["config"]
+
+
+def _differences(mngr: ocp.CheckpointManager, step: int, config: Dict) -> List[str]:
+  """How `config` differs from the one that trained checkpoint `step`
+  ([] if it does not, or if that one is unknown)."""
+  record = _saved_record(mngr, step)
+  if record is None or record.get("sha256") == config_record(config)["sha256"]:
+    return []
+  return run_dir.config_differences(record["config"], config)
+
+
+def check_resumable(workdir: str, config: Dict) -> None:
+  """A UserError, before anything is written, if a checkpoint of `workdir`
+  (last or best) was trained by another config than `config` (as
+  run_dir.config_as_dict gives it): resuming would go on with another config."""
+  for where, items in ((checkpoint_dir(workdir), _LAST_ITEMS),
+                       (best_checkpoint_dir(workdir), _BEST_ITEMS)):
+    mngr = _reader(where, items)
+    if mngr is None:
+      continue
+    steps = sorted(mngr.all_steps(), reverse=True)
+    diffs = next((d for d in (_differences(mngr, s, config) for s in steps) if d), [])
+    mngr.close()
+    if diffs:
+      raise UserError(
+          f"the checkpoints in {where} were trained with another config "
+          f"({'; '.join(diffs)}); nothing was written: train this config in "
+          "a new --workdir, or pass --force to delete those intact checkpoints and "
+          "train it there from the start.")
+
+
+def _refuse_other_config(mngr: ocp.CheckpointManager, step: int,
+                         config: Optional[Dict]) -> None:
+  diffs = [] if config is None else _differences(mngr, step, config)
+  if diffs:
+    workdir = os.path.dirname(str(mngr.directory))
+    raise UserError(
+        f"{os.path.join(workdir, run_dir.CONFIG_FILE)} is not the config that trained "
+        f"the checkpoint of step {step} in {mngr.directory} ({'; '.join(diffs)}): put "
+        "back the run's own config.json (the checkpoints are intact).")
+
+
 def _newest_readable(mngr: ocp.CheckpointManager, args_at: Callable[[int], Any],
-                     drop: bool = False) -> Optional[Tuple[int, Any]]:
+                     drop: bool = False,
+                     config: Optional[Dict] = None) -> Optional[Tuple[int, Any]]:
   """(step, restored items) of the newest checkpoint that can be read with
-  `args_at(step)`; None if the manager has none. Each unreadable one is
-  reported in one line and, with `drop`, deleted once an older one was read:
-  training resumes from the older one and recomputes its steps bit for bit,
-  and orbax saves no step at or below its newest. None readable: a UserError."""
+  `args_at(step)`; None if the manager has none. A checkpoint trained by
+  another config than `config` is a UserError (never called damaged). Each
+  unreadable one is reported in one line and, with `drop`, deleted once an
+  older one was read: training resumes from the older one and recomputes its
+  steps bit for bit, and orbax saves no step at or below its newest. None
+  readable: a UserError."""
   steps = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(steps):
+    _refuse_other_config(mngr, step, config)
     try:
       restored = mngr.restore(step, args=args_at(step))
     except Exception as e:  # noqa: BLE001 -- any damage; see the module docstring
@@ -279,15 +367,19 @@ def _newest_readable(mngr: ocp.CheckpointManager, args_at: Callable[[int], Any],
     return step, restored
   if steps:
     raise UserError(f"no checkpoint in {mngr.directory} can be read (steps "
-                    f"{', '.join(map(str, steps))} are damaged): train the run again "
-                    "from the start with `train ... --force`.")
+                    f"{', '.join(map(str, steps))}: damaged, or saved without their "
+                    "config by a run whose config.json was since changed): put back "
+                    "the run's own config.json if it was changed; else `train ... "
+                    "--force` deletes these checkpoints and trains the run again from "
+                    "the start.")
   return None
 
 
 def restore(mngr: ocp.CheckpointManager, template_state,
             template_progress) -> Optional[Tuple[Any, Any]]:
   """(state, progress) of the newest readable checkpoint, or None if there is
-  none; unreadable newer ones are deleted (see _newest_readable)."""
+  none; unreadable newer ones are deleted (see _newest_readable). The
+  checkpoints' configs were checked first (check_resumable)."""
   found = _newest_readable(mngr, lambda step: ocp.args.Composite(
       state=_state_restore(mngr, step, template_state),
       progress=ocp.args.StandardRestore(_abstract(template_progress))), drop=True)
@@ -300,27 +392,34 @@ def restore(mngr: ocp.CheckpointManager, template_state,
 def _reader(directory: str, items) -> Optional[ocp.CheckpointManager]:
   """A manager of `directory` for reading; None, creating nothing, if it is absent.
   (Not orbax's read_only option: it logs two warnings each time.)"""
-  if not os.path.isdir(directory):
+  if not os.path.lexists(directory):
     return None
   return _manager(directory, items, create=False)
 
 
-def restore_latest(workdir: str, template_state, which: str = "last"):
-  """The newest readable saved train state ('last'), or the best epoch's
-  ('best'), placed like `template_state`. Reads only: creates and deletes nothing."""
+def restore_latest(workdir: str, template_state, which: str = "last",
+                   config: Optional[Dict] = None) -> Tuple[Any, int]:
+  """(state, step) of the newest readable saved train state ('last'), or the
+  best epoch's ('best'), placed like `template_state`; a checkpoint trained
+  by another config than `config` (run_dir.config_as_dict's form) is a
+  UserError. Reads only: creates and deletes nothing."""
   if which not in ("last", "best"):
     raise UserError(f"unknown checkpoint {which!r}: use 'last' or 'best'.")
   where, items = ((checkpoint_dir(workdir), _LAST_ITEMS) if which == "last"
                    else (best_checkpoint_dir(workdir), _BEST_ITEMS))
   mngr = _reader(where, items)
-  found = None if mngr is None else _newest_readable(mngr, lambda step: ocp.args.Composite(
-      state=_state_restore(mngr, step, template_state)))
-  if mngr is not None:
-    mngr.close()
+  try:
+    found = None if mngr is None else _newest_readable(
+        mngr, lambda step: ocp.args.Composite(
+            state=_state_restore(mngr, step, template_state)), config=config)
+  finally:
+    if mngr is not None:
+      mngr.close()
   if found is None:
     hint = ("train the run first (python -m mnist_jax train ...)" if which == "last"
             else "this run reports its best validation epoch (config.select = "
             "'best_val'), whose checkpoint is missing: if the run was trained, it "
-            "was deleted; train the run again with `train ... --force`")
+            "was deleted; `train ... --force` deletes the run's other checkpoints and "
+            "trains it again")
     raise UserError(f"no checkpoint in {where}: {hint}.")
-  return _from_item(template_state, found[1]["state"])
+  return _from_item(template_state, found[1]["state"]), found[0]

@@ -11,6 +11,7 @@ places that know the difference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ from jax.experimental import multihost_utils
 from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
+from mnist_jax.engine import checkpoint
 from mnist_jax.engine.mesh import replicate
 from mnist_jax.engine.state import TrainState, stack, stack_states, unstack
 from mnist_jax.engine.steps import Batch
@@ -54,6 +56,12 @@ class Group:
   best_mngrs: List[Any] = dataclasses.field(default_factory=list)  # select='best_val'
   best_val: List[float] = dataclasses.field(default_factory=list)  # per seed
   events: List[Any] = dataclasses.field(default_factory=list)  # metric_writer.RunWriter, per seed
+
+  @functools.cached_property
+  def config_records(self) -> List[Dict]:
+    """Per seed: the config its checkpoints record (checkpoint.config_record)."""
+    return [checkpoint.config_record(run_dir.config_as_dict(seed_config(self.config, s)))
+            for s in self.seeds]
 
   @property
   def stacked(self) -> bool:
@@ -125,8 +133,12 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 def claim_workdirs(workdirs: Sequence[str], configs: Sequence[ml_collections.ConfigDict],
                    force: bool) -> None:
-  """Process 0 checks/claims every workdir (run_dir.claim); the others wait."""
+  """Process 0 checks/claims every workdir (run_dir.claim); the others wait.
+  Without `force`, each workdir's checkpoints are checked to have been
+  trained by its config before its config.json is written."""
   if jax.process_index() == 0:
     for workdir, config in zip(workdirs, configs):
+      if not force:
+        checkpoint.check_resumable(workdir, run_dir.config_as_dict(config))
       run_dir.claim(workdir, config, force)
   multihost_utils.sync_global_devices("mnist_jax: workdir claimed")

@@ -155,9 +155,11 @@ def _check_finite(run: Group, state, sums: Dict, step: int) -> None:
   last = run.mngrs[i].latest_step()
   kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
           else "no checkpoint was saved before it")
-  raise UserError(f"training diverged{run.tag(i)}: {where} {at} (epoch "
-                  f"{(at - 1) // run.steps + 1}){found}; {kept}; lower "
-                  "config.optimizer.learning_rate.")
+  reason = (f"training diverged{run.tag(i)}: {where} {at} (epoch "
+            f"{(at - 1) // run.steps + 1}){found}; {kept}")
+  if run.writer:  # so that `evaluate` says so rather than scoring a stopped run
+    run_dir.write_divergence(run.workdirs[i], reason)
+  raise UserError(f"{reason}; lower config.optimizer.learning_rate.")
 
 
 def _save(run: Group, step: int, state, epoch: int, batch: int, sums: Dict) -> None:
@@ -167,7 +169,8 @@ def _save(run: Group, step: int, state, epoch: int, batch: int, sums: Dict) -> N
     checkpoint.wait(mngr)
   for i, mngr in enumerate(run.mngrs):
     checkpoint.save(mngr, step, run.part(state, i),
-                    run.progress(i, epoch, batch, run.part(sums, i)))
+                    run.progress(i, epoch, batch, run.part(sums, i)),
+                    run.config_records[i])
 
 
 def _train_epoch(run: Group, state, sums, epoch: int, first_batch: int):
@@ -239,7 +242,8 @@ def _keep_if_best(run: Group, i: int, step: int, state, metrics: Dict) -> None:
     return
   run.best_val[i] = metrics["val_accuracy"]
   checkpoint.save_best(run.best_mngrs[i], step, run.part(state, i),
-                       {"epoch": metrics["epoch"], "val_accuracy": run.best_val[i]})
+                       {"epoch": metrics["epoch"], "val_accuracy": run.best_val[i]},
+                       run.config_records[i])
 
 
 def _run_epoch(run: Group, state, sums, epoch: int, first_batch: int):

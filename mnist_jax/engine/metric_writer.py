@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax.core import data as data_lib
+from mnist_jax.core.run_dir import PROFILE_DIR
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.mesh import to_host
 from mnist_jax.engine.state import TrainState, eval_variables
@@ -59,7 +60,6 @@ def _import_summary_writer():
 
 SummaryWriter = _import_summary_writer()
 
-PROFILE_DIR = "profile"
 GRID_COLUMNS = 8  # tensorboardX's make_grid lays images out 8 to a row
 _NOT_SCALARS = ("epoch", "step", "test_count", "val_count")
 

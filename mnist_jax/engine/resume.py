@@ -12,6 +12,7 @@ the workdirs were not trained together, and is refused.
 
 from __future__ import annotations
 
+import sys
 from typing import List, Sequence
 
 import numpy as np
@@ -57,6 +58,27 @@ def align_checkpoints(mngrs: Sequence, workdirs: Sequence[str], num_epochs: int)
       mngr.delete(step)
 
 
+def _drop_past_metrics(group: Group) -> None:
+  """Deletes, saying so, the checkpoints past the epochs a seed's
+  metrics.jsonl records (its last line cut by a crash or a full disk) when an
+  older checkpoint lies within them: the run resumes from that one and trains
+  the steps again, to the same bits. With none within, nothing is deleted
+  (run_dir.keep_epochs then says what is missing)."""
+  for workdir, mngr in zip(group.workdirs, group.mngrs):
+    recorded = len(run_dir.read_metrics(workdir, notice=False))  # keep_epochs says it
+    steps = sorted(mngr.all_steps())
+    past = [s for s in steps if s // group.steps > recorded]
+    within = [s for s in steps if s // group.steps <= recorded]
+    if not (past and within):
+      continue
+    print(f"warning: {workdir}/{run_dir.METRICS_FILE} records {recorded} epoch(s) and "
+          f"the checkpoints of steps {', '.join(map(str, past))} go past them: deleting "
+          f"those (intact) checkpoints to resume from step {within[-1]}; the run trains "
+          "their steps again, to the same result.", file=sys.stderr)
+    for step in past:
+      mngr.delete(step)
+
+
 def _restore(group: Group, state, sums):
   """Each seed's newest checkpoint, as the loop holds them: (state, progress)
   with the seeds' states and sums stacked, or None for a fresh start."""
@@ -88,6 +110,7 @@ def start(group: Group, state, sums):
   checkpoints were durable, redoes that epoch) and reads each seed's best
   validation accuracy so far (select='best_val').
   """
+  _drop_past_metrics(group)
   restored = _restore(group, state, sums)
   epoch, batch = 1, 0
   if restored is not None:

@@ -154,14 +154,25 @@ def format_table(result: Dict) -> str:
   return "\n".join(lines)
 
 
+def check_out_dir(out_dir: str) -> None:
+  """Refuses an --out that is not a folder (e.g. a run's config.json), before
+  the members are evaluated."""
+  if not out_dir.strip():
+    raise UserError("--out is empty: name a folder for ensemble.json, e.g. "
+                    "--out results/ensemble.")
+  run_dir.refuse_link(out_dir)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UserError(f"--out {out_dir} is a file: --out names a folder, into which "
+                    f"{RESULT_FILE} is written; give a folder.")
+
+
 def write_result(result: Dict, out_dir: str) -> str:
-  """Writes OUT_DIR/ensemble.json (atomically) and returns its path."""
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, RESULT_FILE)
-  with open(path + ".tmp", "w") as f:
+  """Writes OUT_DIR/ensemble.json, whole or not at all, and returns its path."""
+  check_out_dir(out_dir)
+  path = os.path.join(run_dir.make_folder(out_dir, "--out"), RESULT_FILE)
+  with run_dir.atomic_file(path, flag="--out") as f:
     json.dump(result, f, indent=2, sort_keys=True)
     f.write("\n")
-  os.replace(path + ".tmp", path)
   return path
 
 
@@ -169,8 +180,10 @@ def report(workdirs: List[str], split: str, out_dir: Optional[str],
            mnist_dir: Optional[str] = None) -> Dict:
   """The CLI command: evaluate, print the table, write the JSON if asked
   (process 0 only, when several processes evaluate together)."""
+  if out_dir is not None:
+    check_out_dir(out_dir)
   result = evaluate_ensemble(workdirs, split, mnist_dir)
   print(format_table(result))
-  if out_dir and jax.process_index() == 0:
+  if out_dir is not None and jax.process_index() == 0:
     print(f"wrote {write_result(result, out_dir)}")
   return result

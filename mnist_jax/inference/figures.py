@@ -8,15 +8,18 @@ without pyplot: no global state and no display, PNGs rendered by Agg.
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mnist_jax.core import run_dir
 from mnist_jax.engine import evaluate as eval_lib
 
 DPI = 100
+# One entry per run_dir.FIGURE_NAMES (what `train --force` deletes).
 FIGSIZES: Dict[str, Tuple[float, float]] = {
     "train_samples": (8.0, 7.0),
     "conv_kernels": (10.0, 5.5),
@@ -42,8 +45,10 @@ def new_figure(figsize: Tuple[float, float]) -> Figure:
 
 
 def save(fig: Figure, path: str) -> str:
-  """Writes `fig` (format from the suffix: .png, .pdf) at the figure's size."""
-  fig.savefig(path, dpi=DPI)
+  """Writes `fig` (format from the suffix: .png, .pdf) at the figure's size,
+  whole or not at all (run_dir.atomic_file)."""
+  with run_dir.atomic_file(path, "wb") as f:
+    fig.savefig(f, format=os.path.splitext(path)[1][1:].lower(), dpi=DPI)
   return path
 
 

@@ -97,7 +97,7 @@ def make_figures(workdir: str, fmt: str = "png", digit: int = 0, *,
   _check_digit(digit, len(test))
   makers = _figure_makers(workdir, model, train, test, digit, seed)
   skipped = skipped_reasons(model, len(run_dir.read_metrics(workdir)))
-  os.makedirs(run_dir.figures_dir(workdir), exist_ok=True)
+  run_dir.make_folder(run_dir.check_folder(run_dir.figures_dir(workdir)))
   written = {}
   for name in figures.FIGSIZES:
     if name in makers and name not in skipped:

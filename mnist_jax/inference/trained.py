@@ -68,6 +68,7 @@ class TrainedModel:
 def load(workdir: str) -> TrainedModel:
   """The run's config, model and selected checkpoint's evaluation parameters."""
   config = run_dir.read_config(workdir)
+  restore_lib.refuse_diverged(workdir)
   state = restore_lib.restore_state(workdir, config,
                                     which=restore_lib.selected_checkpoint(config))
   params, batch_stats = to_host(eval_variables(state))
