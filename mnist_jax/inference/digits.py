@@ -43,6 +43,7 @@ MIN_STROKE = 2.0  # thinner strokes (pixels in the 20-pixel box) are thickened:
 MIN_PAPER = 0.2  # the dimmest paper light the ink is divided by (noise otherwise)
 LINE_SPAN = 0.35  # a straight run this long (fraction of the side) is a line ...
 LINE_WIDTH = 0.03  # ... if it is at most this thick (fraction of the other side)
+LINE_GAP = 0.05  # gaps this long (fraction of the side) in a line are bridged
 BORDER_CONTACT = 0.2  # ink on this much of a side of the frame is a border, ...
 BORDER_SPAN = 0.8  # ... and so is ink spanning this much of the width or height
 NEAR = 0.25  # parts of the digit lie within this (x its size) of its largest part
@@ -188,10 +189,13 @@ def straight_lines(mask_HxW: np.ndarray, axis: int) -> np.ndarray:
   """Runs along `axis` (1: horizontal, 0: vertical) at least LINE_SPAN of the
   picture long and at most LINE_WIDTH of it thick (ruled lines, the paper's
   edge, not strokes), followed along their direction to the ink they enter."""
-  along, across = [1, 1], [1, 1]
+  along, bridge, across = [1, 1], [1, 1], [1, 1]
   along[axis] = round(LINE_SPAN * mask_HxW.shape[axis])
+  bridge[axis] = round(LINE_GAP * mask_HxW.shape[axis]) + 1
   across[1 - axis] = round(LINE_WIDTH * mask_HxW.shape[1 - axis]) + 1
-  runs = ndimage.binary_opening(mask_HxW, np.ones(along, bool))
+  # A faint line is found in pieces: its gaps are bridged before it is measured.
+  bridged = ndimage.binary_closing(mask_HxW, np.ones(bridge, bool))
+  runs = ndimage.binary_opening(bridged, np.ones(along, bool))
   thin = runs & ~ndimage.binary_opening(runs, np.ones(across, bool))
   return ndimage.binary_dilation(thin, np.ones(along, bool)) & mask_HxW
 
@@ -201,7 +205,7 @@ def drop_lines(mask_HxW: np.ndarray) -> np.ndarray:
   line's pixels between the stroke's two sides are kept."""
   lines = [straight_lines(mask_HxW, axis) for axis in (1, 0)]
   rest = mask_HxW & ~(lines[0] | lines[1])
-  gap = 2 * round(LINE_WIDTH * min(mask_HxW.shape)) + 3
+  gap = round(LINE_WIDTH * min(mask_HxW.shape) / 2) + 3  # a ruled line's width, at most
   across_horizontal = ndimage.binary_closing(rest, np.ones((gap, 1), bool))
   across_vertical = ndimage.binary_closing(rest, np.ones((1, gap), bool))
   return rest | (lines[0] & across_horizontal) | (lines[1] & across_vertical)
