@@ -186,9 +186,10 @@ def ink_mask(ink_HxW: np.ndarray, settings: Settings) -> np.ndarray:
 
 
 def straight_lines(mask_HxW: np.ndarray, axis: int) -> np.ndarray:
-  """Runs along `axis` (1: horizontal, 0: vertical) at least LINE_SPAN of the
-  picture long and at most LINE_WIDTH of it thick (ruled lines, the paper's
-  edge, not strokes), followed along their direction to the ink they enter."""
+  """Ink in runs along `axis` (1: horizontal, 0: vertical) at least LINE_SPAN
+  of the picture long, where the ink is at most LINE_WIDTH of the picture
+  thick across them: ruled lines and the paper's edge, not the strokes (nor
+  where a stroke crosses a line: the ink is thick there)."""
   along, bridge, across = [1, 1], [1, 1], [1, 1]
   along[axis] = round(LINE_SPAN * mask_HxW.shape[axis])
   bridge[axis] = round(LINE_GAP * mask_HxW.shape[axis]) + 1
@@ -196,19 +197,14 @@ def straight_lines(mask_HxW: np.ndarray, axis: int) -> np.ndarray:
   # A faint line is found in pieces: its gaps are bridged before it is measured.
   bridged = ndimage.binary_closing(mask_HxW, np.ones(bridge, bool))
   runs = ndimage.binary_opening(bridged, np.ones(along, bool))
-  thin = runs & ~ndimage.binary_opening(runs, np.ones(across, bool))
-  return ndimage.binary_dilation(thin, np.ones(along, bool)) & mask_HxW
+  thin = mask_HxW & ~ndimage.binary_opening(mask_HxW, np.ones(across, bool))
+  # Followed along its direction into the pieces too short to count alone.
+  return ndimage.binary_dilation(runs & thin, np.ones(along, bool)) & thin
 
 
 def drop_lines(mask_HxW: np.ndarray) -> np.ndarray:
-  """The mask without straight lines; where a stroke crossed a line, the
-  line's pixels between the stroke's two sides are kept."""
-  lines = [straight_lines(mask_HxW, axis) for axis in (1, 0)]
-  rest = mask_HxW & ~(lines[0] | lines[1])
-  gap = round(LINE_WIDTH * min(mask_HxW.shape) / 2) + 3  # a ruled line's width, at most
-  across_horizontal = ndimage.binary_closing(rest, np.ones((gap, 1), bool))
-  across_vertical = ndimage.binary_closing(rest, np.ones((1, gap), bool))
-  return rest | (lines[0] & across_horizontal) | (lines[1] & across_vertical)
+  """The mask without straight lines."""
+  return mask_HxW & ~straight_lines(mask_HxW, 1) & ~straight_lines(mask_HxW, 0)
 
 
 def border_contact(labels_HxW: np.ndarray, count: int) -> np.ndarray:
