@@ -41,11 +41,13 @@ WORK_SIDE = 512  # larger pictures are shrunk to this first: a digit needs no mo
 MIN_STROKE = 2.0  # thinner strokes (pixels in the 20-pixel box) are thickened:
 # MNIST's are 1.9-4.6 pixels wide (5th-95th percentile of its test digits)
 MIN_PAPER = 0.2  # the dimmest paper light the ink is divided by (noise otherwise)
+PAPER_PERCENTILE = 20  # of the pixels around each: paper (ink covers less)
 LINE_SPAN = 0.35  # a straight run this long (fraction of the side) is a line ...
 LINE_WIDTH = 0.03  # ... if it is at most this thick (fraction of the other side)
 LINE_GAP = 0.05  # gaps this long (fraction of the side) in a line are bridged
 BORDER_CONTACT = 0.2  # ink on this much of a side of the frame is a border, ...
 BORDER_SPAN = 0.8  # ... and so is ink spanning this much of the width or height
+MIN_DIGIT = 0.1  # a digit is at least this size (fraction of the shorter side)
 NEAR = 0.25  # parts of the digit lie within this (x its size) of its largest part
 
 
@@ -162,7 +164,7 @@ def paper_light(x_HxW: np.ndarray, scale: float) -> np.ndarray:
   size = window(x_HxW.shape, scale)
   opened = ndimage.grey_opening(ndimage.gaussian_filter(x_HxW, size / 16), size=size)
   small = shrink(x_HxW, 64)
-  low = ndimage.percentile_filter(small, 20, size=window(small.shape, scale))
+  low = ndimage.percentile_filter(small, PAPER_PERCENTILE, size=window(small.shape, scale))
   return np.maximum(opened, resize(low, *x_HxW.shape, Image.Resampling.BILINEAR))
 
 
@@ -227,8 +229,9 @@ def border_like(labels_HxW: np.ndarray, parts) -> Dict[int, bool]:
 def keep_digit(mask_HxW: np.ndarray, settings: Settings) -> np.ndarray:
   """The components that make up the digit.
 
-  Its largest part is the largest component that is not border-like, unless
-  only such components are big: a digit cropped tightly. Other parts are kept when they are no specks (at
+  Its largest part is the largest component that is not border-like and at
+  least MIN_DIGIT of the picture in size, else the largest of all (a digit
+  cropped tightly is border-like). Other parts are kept when they are no specks (at
   least min_part of its area and a quarter of its size long), lie near it, and
   cling to the edge only if the largest part does.
   """
@@ -238,15 +241,19 @@ def keep_digit(mask_HxW: np.ndarray, settings: Settings) -> np.ndarray:
     raise UserError("no digit found: no ink stands out from the paper; pass an "
                     "image with a digit on plain paper, or lower --min_contrast.")
   clings = border_like(labels, parts)
-  largest = max(parts, key=lambda p: p.area)
   inner = [p for p in parts if not clings[p.label]
-           and p.area >= settings.min_part * largest.area]
-  main = max(inner, key=lambda p: p.area) if inner else largest
-  size = max(main.bbox[2] - main.bbox[0], main.bbox[3] - main.bbox[1])
+           and extent(p.bbox) >= MIN_DIGIT * min(mask_HxW.shape)]
+  main = max(inner or parts, key=lambda p: p.area)
+  size = extent(main.bbox)
   kept = [p.label for p in parts if p is main or (
       p.area >= settings.min_part * main.area and p.axis_major_length >= size / 4
       and near(p.bbox, main.bbox) and (clings[main.label] or not clings[p.label]))]
   return np.isin(labels, kept)
+
+
+def extent(box) -> int:
+  """The longer side of a (top, left, bottom, right) box."""
+  return max(box[2] - box[0], box[3] - box[1])
 
 
 def near(box, main_box) -> bool:
