@@ -148,7 +148,7 @@ def save_figure(results: List[Prediction], path: str, total: int) -> None:
   shown = [r for r in results if r.steps is not None]
   if not shown:
     return
-  titles = [f"{printable(os.path.basename(r.path))[:18]}\n{r.top(1)[0][0]} "
+  titles = [f"{printable(os.path.basename(r.path))[:24]}\n{r.top(1)[0][0]} "
             f"({r.top(1)[0][1]:.0%})" for r in shown]
   left_out = f"; {total - len(shown)} left out" if total > len(shown) else ""
   try:
