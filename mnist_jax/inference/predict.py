@@ -113,7 +113,7 @@ def describe(result: Prediction, k: int = 1,
   line = f"{printable(result.path)}: The number is probably {article} {digit} ({prob:.1%})"
   if result.uncertain(uncertain_below):
     line = (f"{printable(result.path)}: Uncertain: the number may be {article} {digit} "
-            f"({prob:.1%}, under {uncertain_below:.0%})")
+            f"({prob:.1%}, under {uncertain_below * 100:g}%)")
   if k > 1:
     line += "; top " + str(k) + ": " + ", ".join(
         f"{d} ({p:.1%})" for d, p in result.top(k))
