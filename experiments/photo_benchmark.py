@@ -8,7 +8,8 @@ under each distortion into OUT/pictures_seedS_nN/<distortion>/ (the same seed gi
 same files; existing pictures are reused), predicts every picture as
 `python -m mnist_jax predict` does, and prints accuracy per distortion and
 overall as a Markdown table, also written to OUT/results.md and OUT/results.json.
-A picture in which no digit is found counts as wrong.
+A picture in which no digit is found counts as wrong. The last column counts the
+right and the wrong predictions `predict` calls uncertain (--uncertain_below).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def parse(argv):
   parser.add_argument("--per_distortion", type=int, default=300)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data_dir", default=None, help="MNIST's files (MNIST_DIR)")
+  parser.add_argument("--uncertain_below", type=float, default=predict.UNCERTAIN_BELOW,
+                      help="count predictions under this top probability as uncertain")
   for field in dataclasses.fields(digits.Settings):
     default = getattr(digits.Settings(), field.name)
     if isinstance(default, bool):
@@ -49,7 +52,8 @@ def main(argv) -> int:
                                 for f in dataclasses.fields(digits.Settings)}).check()
   model = trained.load(args.workdir)
   results = photo_benchmark.score(
-      lambda folder: predict.predict_files(model, [folder], settings=settings), pictures)
+      lambda folder: predict.predict_files(model, [folder], settings=settings), pictures,
+      args.uncertain_below)
   text = photo_benchmark.table(results, f"`predict` on {pictures} with the run "
                                f"{args.workdir}; {settings}")
   print(text)

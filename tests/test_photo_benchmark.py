@@ -48,6 +48,8 @@ def test_files_are_named_by_label_and_scored_per_distortion(tmp_path):
     probs = np.eye(10, dtype=np.float32)[1]
     return [predict.Prediction(p, probs=probs) for p in paths]
 
-  results = photo_benchmark.score(always_one, str(tmp_path))
-  assert all(r == {"correct": 1, "count": 2, "unreadable": 0} for r in results.values())
-  assert "| **overall** | **50.0%** | 11 / 22 | 0 |" in photo_benchmark.table(results)
+  results = photo_benchmark.score(always_one, str(tmp_path), uncertain_below=1.5)
+  assert all(r == {"correct": 1, "count": 2, "unreadable": 0, "uncertain_right": 1,
+                   "uncertain_wrong": 1} for r in results.values())
+  assert ("| **overall** | **50.0%** | 11 / 22 | 0 | 11 / 11 |"
+          in photo_benchmark.table(results))

@@ -184,29 +184,40 @@ def label_of(path: str) -> int:
   return int(os.path.splitext(os.path.basename(path))[0].split("_")[-1])
 
 
-def score(predict_folder: Callable[[str], List], out: str) -> Dict[str, Dict]:
-  """{distortion: {correct, count, unreadable}} with `predict_folder(folder)`
-  giving `Prediction`s; a picture where no digit is found counts as wrong."""
+def score(predict_folder: Callable[[str], List], out: str,
+          uncertain_below: float = 0.8) -> Dict[str, Dict]:
+  """{distortion: {correct, count, unreadable, uncertain_right, uncertain_wrong}}
+  with `predict_folder(folder)` giving `Prediction`s; a picture where no digit
+  is found counts as wrong; uncertain: top probability under `uncertain_below`."""
   results = {}
   for distortion in DISTORTIONS:
     predictions = predict_folder(os.path.join(out, folder_name(distortion)))
-    right = [p.error is None and p.top(1)[0][0] == label_of(p.path) for p in predictions]
-    results[distortion] = {"correct": int(sum(right)), "count": len(right),
-                           "unreadable": sum(p.error is not None for p in predictions)}
+    read = [p for p in predictions if p.error is None]
+    right = [p.top(1)[0][0] == label_of(p.path) for p in read]
+    unsure = [p.top(1)[0][1] < uncertain_below for p in read]
+    results[distortion] = {
+        "correct": int(sum(right)), "count": len(predictions),
+        "unreadable": len(predictions) - len(read),
+        "uncertain_right": sum(u and r for u, r in zip(unsure, right)),
+        "uncertain_wrong": sum(u and not r for u, r in zip(unsure, right))}
   return results
 
 
 def table(results: Dict[str, Dict], title: Optional[str] = None) -> str:
   """A Markdown table: accuracy per distortion, then overall."""
-  lines = [f"| distortion | accuracy | right / pictures | no digit found |",
-           "| --- | ---: | ---: | ---: |"]
-  totals = np.zeros(3, np.int64)
-  for name, r in results.items():
-    lines.append(f"| {name} | {r['correct'] / r['count']:.1%} | {r['correct']} / "
-                 f"{r['count']} | {r['unreadable']} |")
-    totals += [r["correct"], r["count"], r["unreadable"]]
-  lines.append(f"| **overall** | **{totals[0] / totals[1]:.1%}** | {totals[0]} / "
-               f"{totals[1]} | {totals[2]} |")
+  keys = ("correct", "count", "unreadable", "uncertain_right", "uncertain_wrong")
+  lines = ["| distortion | accuracy | right / pictures | no digit found | "
+           "uncertain: right / wrong |", "| --- | ---: | ---: | ---: | ---: |"]
+  rows = list(results.items())
+  rows.append(("**overall**", {k: sum(r.get(k, 0) for r in results.values())
+                               for k in keys}))
+  for name, r in rows:
+    accuracy = f"{r['correct'] / r['count']:.1%}"
+    if name == "**overall**":
+      accuracy = f"**{accuracy}**"
+    lines.append(f"| {name} | {accuracy} | {r['correct']} / {r['count']} | "
+                 f"{r['unreadable']} | {r.get('uncertain_right', 0)} / "
+                 f"{r.get('uncertain_wrong', 0)} |")
   return "\n".join(([title, ""] if title else []) + lines)
 
 
