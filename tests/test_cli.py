@@ -170,7 +170,9 @@ def test_help_lists_only_the_commands_own_flags(capsys):
   assert {"--config", "--workdir", "--seeds", "--[no]force", "--data_dir"} <= flags_of("train")
   assert not {"--top", "--workdirs", "--preset"} & flags_of("train")
   assert flags_of("predict") == {"--workdir", "--top", "--[no]json", "--figure",
-                                 "--[no]no-preprocess"}
+                                 "--figure_limit", "--[no]no-preprocess",
+                                 "--uncertain_below", "--background_scale",
+                                 "--min_contrast", "--min_part", "--[no]deskew"}
   assert "--variants" in flags_of("benchmark") and "--workdir" not in flags_of("benchmark")
   assert {"--preset", "--[no]quick", "--[no]vmap_seeds"} <= flags_of("study")
   overview = run_here(capsys, "--help").stdout

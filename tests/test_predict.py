@@ -118,11 +118,15 @@ def test_cli_json_and_figure(cli_here, mlp_run, confident_test_digits, tmp_path)
   as_rgba_png(pixels_c, tmp_path / "two.png")
   figure = tmp_path / "seen.png"
   result = cli_here("predict", "--workdir", mlp_run, "--json", "--top", "2",
-                    "--figure", figure, tmp_path / "one.png", tmp_path / "two.png")
+                    "--figure", figure, "--figure_limit", "1",
+                    tmp_path / "one.png", tmp_path / "two.png")
   assert result.returncode == 0, result.stderr
   records = json.loads(result.stdout)
   assert [r["digit"] for r in records] == [label, label_c]
   assert all(len(r["top"]) == 2 and r["top"][0]["digit"] == r["digit"] for r in records)
   assert all(0.0 <= r["probability"] <= 1.0 for r in records)
+  assert [r["uncertain"] for r in records] == [r["probability"] < 0.8 for r in records]
+  assert "shows the first 1 of 2 pictures, 1 left out" in result.stderr
   with Image.open(figure) as image:
     assert image.format == "PNG" and np.asarray(image.convert("L")).std() > 0
+    assert image.height < image.width  # one row of steps, not two

@@ -49,3 +49,23 @@ def test_a_figure_path_is_checked_before_predicting(tmp_path, monkeypatch):
 def test_bad_run_lists_are_named_for_what_they_are(workdirs, message):
   with pytest.raises(UserError, match=message):
     ensemble.evaluate_ensemble(workdirs)
+
+
+def test_a_newline_in_a_file_name_stays_on_one_escaped_line():
+  probs = np.full(10, 0.01, np.float32)
+  probs[3] = 0.91
+  line = predict.describe(predict.Prediction("evil\nname\r.png", probs=probs))
+  assert line == "evil\\nname\\r.png: The number is probably a 3 (91.0%)"
+  assert predict.printable("naïve digit.png") == "naïve digit.png"
+
+
+@pytest.mark.parametrize("top, uncertain", [(0.91, False), (0.5, True)])
+def test_a_low_top_probability_is_said_to_be_uncertain(top, uncertain):
+  probs = np.full(10, (1 - top) / 9, np.float32)
+  probs[5] = top
+  result = predict.Prediction("x.png", probs=probs)
+  line = predict.describe(result, uncertain_below=0.8)
+  expected = ("x.png: Uncertain: the number may be a 5 (50.0%, under 80%)" if uncertain
+              else "x.png: The number is probably a 5 (91.0%)")
+  assert line == expected
+  assert result.to_json(1, uncertain_below=0.8)["uncertain"] is uncertain

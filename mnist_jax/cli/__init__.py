@@ -5,7 +5,7 @@
   evaluate  --workdir runs/cnn [--data_dir D]
   plot      --workdir runs/cnn [--format png|pdf] [--digit 0] [--data_dir D]
   predict   --workdir runs/cnn IMAGE_OR_FOLDER... [--top 3] [--json]
-            [--figure out.png] [--no-preprocess]
+            [--figure out.png] [--no-preprocess] [--uncertain_below 0.8]
   ensemble  --workdirs runs/a,runs/b,runs/c [--split test|validation] [--out DIR]
   export    --workdir runs/cnn --out DIR
   study     NAME [--preset cpu|full] [--quick] [--out DIR] [--data_dir D]

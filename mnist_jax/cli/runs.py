@@ -126,22 +126,50 @@ def _define_predict(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_integer("top", 1, "also list the TOP most probable digits (1 to 10)",
                        flag_values=fv)
   flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=fv)
-  flags.DEFINE_string("figure", None, "save the images as the network saw them, "
-                      "with their predictions, to this file", flag_values=fv)
+  flags.DEFINE_string("figure", None, "save each picture's preprocessing, step by "
+                      "step, and its prediction to this file", flag_values=fv)
+  flags.DEFINE_integer("figure_limit", 12, "--figure draws the first FIGURE_LIMIT "
+                       "pictures and says how many it left out", flag_values=fv)
   flags.DEFINE_bool("no-preprocess", False, "the images are already 28x28 "
                     "MNIST-style (light digit on black): use them as they are",
                     flag_values=fv)
+  flags.DEFINE_float("uncertain_below", 0.8, "a top probability under this is "
+                     "reported as uncertain (0 to 1)", flag_values=fv)
+  # numpy, scipy and scikit-image, no JAX: the defaults live in one place.
+  from mnist_jax.inference.digits import Settings
+  defaults = Settings()
+  flags.DEFINE_float("background_scale", defaults.background_scale, "the paper's "
+                     "light is estimated over windows this fraction of the picture's "
+                     "shorter side: wider than a stroke, narrower than a shadow",
+                     flag_values=fv)
+  flags.DEFINE_float("min_contrast", defaults.min_contrast, "ink differs from its "
+                     "paper by at least this fraction of the paper's light",
+                     flag_values=fv)
+  flags.DEFINE_float("min_part", defaults.min_part, "pieces of ink smaller than this "
+                     "fraction of the digit's largest piece are specks",
+                     flag_values=fv)
+  flags.DEFINE_bool("deskew", defaults.deskew, "shear the digit upright by its "
+                    "second moments (--nodeskew keeps its slant)", flag_values=fv)
 
 
 def predict(fv: flags.FlagValues, args: List[str]) -> int:
   if not 1 <= fv.top <= 10:
     raise UserError(f"--top {fv.top}: use a number from 1 to 10.")
+  if not 0.0 <= fv.uncertain_below <= 1.0:
+    raise UserError(f"--uncertain_below {fv.uncertain_below}: use a number from 0 to 1.")
+  if fv.figure_limit < 1:
+    raise UserError(f"--figure_limit {fv.figure_limit}: use a number of 1 or more.")
   if not args:
     raise UserError("predict needs image files or folders after the flags.")
+  from mnist_jax.inference.digits import Settings
+  settings = Settings(fv.background_scale, fv.min_contrast, fv.min_part,
+                      fv.deskew).check()
   runtime.enable_compilation_cache()  # no device flags here: only the cache
   from mnist_jax.inference.predict import report_predictions
   return report_predictions(fv.workdir, args, top=fv.top, as_json=fv.json,
-                            figure=fv.figure, preprocess=not fv["no-preprocess"].value)
+                            figure=fv.figure, preprocess=not fv["no-preprocess"].value,
+                            settings=settings, uncertain_below=fv.uncertain_below,
+                            figure_limit=fv.figure_limit)
 
 
 def _define_ensemble(fv: flags.FlagValues, argv: Sequence[str]) -> None:

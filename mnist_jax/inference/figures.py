@@ -224,3 +224,27 @@ def prediction_grid(images: np.ndarray, titles: Sequence[str]) -> Figure:
   rows = -(-len(images) // cols)
   return image_grid(images, titles, cols, (2.0 * cols, 2.3 * rows + 0.5),
                     "Your images as the network saw them", fontsize=9)
+
+
+def preprocessing_steps(steps: Sequence[Dict[str, np.ndarray]], titles: Sequence[str],
+                        suptitle: str) -> Figure:
+  """One row per picture: each step of `digits.trace`, the prediction last.
+
+  Every step is drawn white on black as it is computed (ink = 1), except the
+  picture itself, drawn as given.
+  """
+  names = list(dict.fromkeys(name for row in steps for name in row))
+  fig = new_figure((1.9 * len(names), 2.0 * len(steps) + 0.6))
+  axes = fig.subplots(len(steps), len(names), squeeze=False)
+  for r, (row, title) in enumerate(zip(steps, titles)):
+    for c, name in enumerate(names):
+      ax = axes[r, c]
+      ax.set_axis_off()
+      if name in row:
+        image = np.asarray(row[name], np.float32)
+        image = image[..., 0] / 255.0 if image.ndim == 3 else image
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title if name == names[-1] else (name if r == 0 else ""),
+                     fontsize=8)
+  fig.suptitle(suptitle)
+  return fig
