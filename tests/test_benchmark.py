@@ -124,8 +124,11 @@ def test_variant_values_take_the_type_of_the_config_default():
 def test_fixed_costs_split_a_train_by_hand(tmp_path):
   """fixed = wall - the compile seconds `train` printed - the epochs' seconds."""
   from mnist_jax.tools import fixed_costs
-  (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "epoch_time_s": 1.5}\n'
-                                          '{"epoch": 2, "epoch_time_s": 2.0}\n')
+  from mnist_jax.core import run_dir
+  for epoch, seconds in ((1, 1.5), (2, 2.0)):  # complete epoch lines, as train writes them
+    line = dict.fromkeys(run_dir.METRIC_KEYS, 0.5)
+    line.update(epoch=epoch, step=10 * epoch, test_count=100, epoch_time_s=seconds)
+    run_dir.append_metrics(str(tmp_path), line)
   split = fixed_costs.split_train_time("Train and eval steps compiled in 0.7s\n",
                                        str(tmp_path), wall=6.0)
   assert split == {"compile_s": 0.7, "epochs_s": 3.5, "fixed_s": pytest.approx(1.8)}
