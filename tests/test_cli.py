@@ -195,7 +195,7 @@ def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
   assert result.returncode == 0, result.stderr
   assert calls == [(1, [0, 2], [str(tmp_path / "seed0"), str(tmp_path / "seed2")],
                     "D", True)]
-  lines = result.stdout.splitlines()
+  lines = [l for l in result.stdout.splitlines() if l.startswith("seed ")]
   assert lines[0].startswith("seed 0: final test accuracy 0.5000")
   assert lines[1].startswith("seed 2: final test accuracy 0.7000")
   assert lines[1].endswith(str(tmp_path / "seed2"))

@@ -180,6 +180,18 @@ def define_config(fv: flags.FlagValues, argv: Sequence[str]) -> None:
       "--config.FIELD=VALUE", flag_values=fv, lock_config=True, sys_argv=list(argv))
 
 
+def config_overrides(fv: flags.FlagValues) -> List[str]:
+  """'FIELD: file's value -> value given' for each field of the --config file
+  that the command line changed (its --config.FIELD=VALUE overrides)."""
+  path = config_flags.get_config_filename(fv["config"])
+  with _absl_warnings_off():
+    _forget_config_module()
+    as_written = fv["config"].parser.parse(path)  # the file's get_config() again
+  from mnist_jax.core import run_dir
+  return run_dir.config_differences(run_dir.config_as_dict(as_written),
+                                    run_dir.config_as_dict(fv.config))
+
+
 def define_data_dir(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("data_dir", None, "folder with the four original MNIST .gz "
                       "files (default: $MNIST_DIR)", flag_values=fv)

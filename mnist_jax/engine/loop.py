@@ -375,8 +375,9 @@ def _loop(run: Group, state, sums) -> None:
     return
   start_step = (first_epoch - 1) * run.steps + first_batch
   # One writer per seed; only the first profiles (one jax.profiler trace at a time).
-  run.events = [metric_writer.RunWriter(w, run.config, start_step, run.writer, profile=i == 0)
-                for i, w in enumerate(run.workdirs)]
+  run.events = [metric_writer.RunWriter(w, seed_config(run.config, seed), start_step,
+                                        run.writer, profile=i == 0)
+                for i, (w, seed) in enumerate(zip(run.workdirs, run.seeds))]
   for i, events in enumerate(run.events):
     events.resume_from(sums, i if run.stacked else None)
   for epoch in range(first_epoch, run.config.num_epochs + 1):
