@@ -35,6 +35,9 @@ class Command:
   usage: str = ""  # after the command name: required flags and positional args
   required: Tuple[str, ...] = ()
   positional: Optional[str] = None  # what its positional args are; None: it takes none
+  # More help after the flags, from the words given (the study command lists
+  # the studies of its --experiments_dir).
+  details: Optional[Callable[[Sequence[str]], str]] = None
 
 
 def _one_line(error: Exception) -> str:
@@ -156,8 +159,9 @@ def _unreadable_config(name: str, path: str, error: Exception) -> UserError:
                    "--config configs/cnn.py.")
 
 
-def help_text(command: Command) -> str:
-  """The command's usage line and its flags (absl's own help for each flag)."""
+def help_text(command: Command, argv: Sequence[str] = ()) -> str:
+  """The command's usage line, its flags (absl's own help for each flag) and
+  its details, for the words `argv` given after the command's name."""
   fv = flags.FlagValues()
   command.define(fv, [command.name])
   lines = [f"usage: {PROGRAM} {command.name} {command.usage}".rstrip(), "",
@@ -171,6 +175,8 @@ def help_text(command: Command) -> str:
     shown = not (flag.default is None or flag.default is False or flag.default == "")
     default = f" (default: {flag.default_as_str})" if shown else ""
     lines.append(f"  {switch}{name}: {flag.help}{kind}{default}")
+  if command.details is not None:
+    lines += ["", command.details(argv)]
   return "\n".join(lines)
 
 
