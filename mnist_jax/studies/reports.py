@@ -76,8 +76,9 @@ def _images(config: Dict, split_key: str, what: str) -> str:
 
 def budget(results: Sequence[PointResult]) -> str:
   """What trained the tabulated runs, read from their config.json: epochs,
-  training and test images, seeds, and the preset when every run is that
-  preset's config; empty when no run finished."""
+  training and test images, seeds, and the preset they were tabulated as,
+  said to be theirs only when every run is that preset's config (not so for
+  --quick runs tabulated as their full preset); empty when no run finished."""
   runs = [r for p in results for r in p.runs]
   if not runs:
     return ""
@@ -89,7 +90,9 @@ def budget(results: Sequence[PointResult]) -> str:
            f"seed{'s' if ',' in seeds else ''} {seeds}"]
   presets = {r.preset for r in runs}
   if len(presets) == 1 and "" not in presets:
-    parts.append(f"preset {presets.pop()}")
+    name = presets.pop()
+    parts.append(f"preset {name}" if all(r.of_preset for r in runs)
+                 else f"configs differing from preset {name}'s")
   return "Budget (the runs' config.json): " + "; ".join(parts) + "."
 
 

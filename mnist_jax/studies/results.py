@@ -26,8 +26,8 @@ class RunResult:
   extras: Dict  # extras.json
   select: str = "last"  # config.select: which epoch the run reports
   config: Dict = dataclasses.field(default_factory=dict)  # config.json, 'a.b' keys
-  # The name of the preset whose config the run is (Preset.name), else "".
-  preset: str = ""
+  preset: str = ""  # the name of the preset the run was checked against (Preset.name)
+  of_preset: bool = False  # whether its config.json is the config that preset gives
 
   @property
   def final(self) -> Dict:
@@ -67,14 +67,14 @@ def read_run(workdir: str, seed: int) -> Optional[RunResult]:
 
 
 def of_preset(run: RunResult, point: Point, preset: Preset) -> RunResult:
-  """The run marked with the preset's name if its config.json is the config
-  the preset gives the point (a --quick run is not its full preset's)."""
+  """The run marked with the preset's name, and whether its config.json is the
+  config the preset gives the point (a --quick run is not its full preset's)."""
   if not preset.name:
     return run
   made = run_dir.config_as_dict(point_config(point, preset, run.seed))
   saved = run_dir.config_as_dict(run_dir.read_config(run.workdir))
-  same = not run_dir.config_differences(saved, made)
-  return dataclasses.replace(run, preset=preset.name) if same else run
+  return dataclasses.replace(run, preset=preset.name,
+                             of_preset=not run_dir.config_differences(saved, made))
 
 
 def check_study_dir(study_dir: str) -> None:
