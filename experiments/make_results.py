@@ -31,9 +31,13 @@ import shutil
 import subprocess
 import sys
 
-from mnist_jax.studies import catalog
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This checkout's package, the one `python -m mnist_jax` imports in REPO
+# (rebuild_tables), whatever else is installed.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from mnist_jax.studies import catalog  # noqa: E402
+
 EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
 FINDINGS_DIR = os.path.join(EXPERIMENTS_DIR, "findings")
 RUNS_RECORD = os.path.join(REPO, "results", "runs.json")
