@@ -136,15 +136,20 @@ def _load_config(fv: flags.FlagValues) -> None:
     getattr(fv["config"].value, "keys", None)  # config_flags' stand-in raises here
 
 
+def flag_in(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value of --NAME in `argv`, read before (or without) parsing it."""
+  for i, word in enumerate(argv):
+    if word.lstrip("-") == name and i + 1 < len(argv):
+      return argv[i + 1]
+    if word.lstrip("-").startswith(name + "="):
+      return word.split("=", 1)[1]
+  return None
+
+
 def _config_path(argv: Sequence[str]) -> str:
   """The --config value in `argv` (config_flags has none to give when its file
   failed to load while it parsed a --config.FIELD override)."""
-  for i, word in enumerate(argv):
-    if word.lstrip("-") == "config" and i + 1 < len(argv):
-      return argv[i + 1]
-    if word.lstrip("-").startswith("config="):
-      return word.split("=", 1)[1]
-  return "(none)"
+  return flag_in(argv, "config") or "(none)"
 
 
 def _unreadable_config(name: str, path: str, error: Exception) -> UserError:

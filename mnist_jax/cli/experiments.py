@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from mnist_jax.cli.command import Command, define_data_dir
+from mnist_jax.cli.command import Command, define_data_dir, flag_in
 from mnist_jax.cli.runs import parse_seeds
 from mnist_jax.core.errors import UserError
 from mnist_jax.studies import catalog
@@ -25,19 +25,9 @@ def load_experiment(name: str, folder: Optional[str] = None) -> types.ModuleType
   return catalog.load_file(name, folder)
 
 
-def _flag_in(argv: Sequence[str], name: str) -> Optional[str]:
-  """The value of --NAME in `argv`, before its flags are parsed (for help)."""
-  for i, word in enumerate(argv):
-    if word.lstrip("-") == name and i + 1 < len(argv):
-      return argv[i + 1]
-    if word.lstrip("-").startswith(name + "="):
-      return word.split("=", 1)[1]
-  return None
-
-
 def _studies_help(argv: Sequence[str]) -> str:
   """The studies the --experiments_dir folder (or the default) declares."""
-  folder = _flag_in(argv, "experiments_dir")
+  folder = flag_in(argv, "experiments_dir")
   found = catalog.find_studies(folder)
   lines = [f"studies in {catalog.folder_or_default(folder)}:"]
   width = max(map(len, found), default=0)
