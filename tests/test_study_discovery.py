@@ -100,7 +100,8 @@ def test_points_and_seeds_run_part_of_a_study(capsys, tmp_path, faked_training):
   assert ("Budget (the runs' config.json): 2 epochs; 60,000 training images (train); "
           "10,000 test images (test); seed 2; preset cpu.") in table_lines(out)
   for argv, fragment in ((["--points", "w64"], "no point 'w64': use some of w16, w32"),
-                         (["--seeds", "x"], "--seeds x")):
+                         (["--points="], "--points is empty"),
+                         (["--seeds", "x"], "--seeds x"), (["--seeds="], "--seeds is empty")):
     result = run_here(capsys, "study", "width", "--experiments_dir", str(folder),
                       "--out", str(tmp_path / "other"), *argv)
     assert_one_line_error(result, fragment)

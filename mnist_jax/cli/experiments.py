@@ -94,7 +94,7 @@ def study(fv: flags.FlagValues, args: List[str]) -> int:
              vmap_seeds=fv.vmap_seeds, tables_only=fv.tables_only,
              after_run_for=getattr(module, "after_run_for", None),
              placement=_placement(fv), points=fv.points,
-             seeds=None if fv.seeds is None else parse_seeds(fv.seeds))
+             seeds=None if fv.seeds is None else parse_seeds(fv.seeds, "the preset's"))
   return 0
 
 

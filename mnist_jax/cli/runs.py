@@ -38,10 +38,11 @@ def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   define_device_flags(fv)
 
 
-def parse_seeds(texts: List[str]) -> List[int]:
+def parse_seeds(texts: List[str], default: str = "the config's seed") -> List[int]:
+  """The --seeds list as whole numbers; `default` says what no --seeds trains."""
   if not texts:
     raise UserError("--seeds is empty (--seeds=): give seeds separated by commas, "
-                    "e.g. --seeds 0,1,2, or leave --seeds out to train the config's seed.")
+                    f"e.g. --seeds 0,1,2, or leave --seeds out to train {default}.")
   try:
     seeds = [int(s) for s in texts]
   except ValueError:

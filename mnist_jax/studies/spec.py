@@ -76,6 +76,9 @@ def part(study: Study, preset: Preset, points: Optional[Sequence[str]] = None,
   if points is not None:
     known = {p.name: p for p in study.points}
     unknown = [name for name in points if name not in known]
+    if not points:
+      raise UserError(f"--points is empty: name some of {', '.join(known)}, or leave "
+                      "--points out for the whole study.")
     if unknown:
       raise UserError(f"--points: study {study.name} has no point {unknown[0]!r}: use "
                       f"some of {', '.join(known)}.")
