@@ -28,7 +28,7 @@ STUDY = Study("kernel_size", [
     Point(f"cnn_k{k}", "configs/cnn.py", {"model.kernel_sizes": (k, k, k)},
           label=f"CNN {k}x{k}")
     for k in (1, 3, 5, 7)
-])
+], title="3. Kernel-size ablation")
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 15}),
     "cpu": Preset(seeds=range(3), overrides={"num_epochs": 2}),

@@ -40,7 +40,7 @@ STUDY = Study("lecun1998", [
     Point("mlp300_100", "configs/mlp.py", {"model.hidden_features": (300, 100)},
           label="3-layer NN, 300+100 hidden units"),
     Point("lenet5", "configs/lenet5.py", label="LeNet-5"),
-])
+], title="5. LeCun et al. 1998, reproduced")
 PUBLISHED_ERROR = {"linear": 12.0, "mlp300": 4.7, "mlp300_100": 3.05, "lenet5": 0.95}
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 20}),
@@ -63,7 +63,7 @@ def lecun_table(results) -> Table:
   caption = ("Published errors: LeCun, Bottou, Bengio and Haffner 1998, "
              "Proc. IEEE 86(11), MNIST comparison, no distortions. Ours: "
              + reports.STATS_NOTE + ".")
-  return Table(columns, rows, caption=caption)
+  return Table(columns, rows, caption=caption, budget=reports.budget(results))
 
 
 def report(study, preset, study_dir, results):

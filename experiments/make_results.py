@@ -5,7 +5,8 @@ r"""Builds RESULTS.md from the studies' run directories (never from logs).
 
 
 For each study it rebuilds the tables and figures from the run directories
-(`experiments/<study>.py --preset P --tables_only`), then writes RESULTS.md:
+(`python -m mnist_jax study <study> --preset P --tables_only`) of every study
+declared in experiments/ (studies/catalog.py), then writes RESULTS.md:
 each table as the study wrote it, the command that made it, the hardware, the
 date the runs finished, and what the table shows in words, read from
 experiments/findings/<table>.md (frontier_<recipe>.md for the frontier). PNG
@@ -25,21 +26,35 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDIES = ("mlp_vs_cnn", "robustness", "kernel_size", "stride", "lecun1998")
-TITLES = {
-    "mlp_vs_cnn": "1. MLP vs CNN, and what weight sharing buys",
-    "robustness": "2. Translation and rotation robustness",
-    "kernel_size": "3. Kernel-size ablation",
-    "stride": "4. Stride ablation, with and without pooling",
-    "lecun1998": "5. LeCun et al. 1998, reproduced",
-}
-FINDINGS_DIR = os.path.join(REPO, "experiments", "findings")
+# This checkout's package, the one `python -m mnist_jax` imports in REPO
+# (rebuild_tables), whatever else is installed.
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from mnist_jax.studies import catalog  # noqa: E402
+
+EXPERIMENTS_DIR = os.path.join(REPO, "experiments")
+FINDINGS_DIR = os.path.join(EXPERIMENTS_DIR, "findings")
 RUNS_RECORD = os.path.join(REPO, "results", "runs.json")
+
+
+def title(study: str) -> str:
+  """The study's section heading: its STUDY.title, else its name."""
+  return catalog.load_study(study, EXPERIMENTS_DIR).STUDY.title or study
+
+
+def studies() -> list:
+  """The studies declared in experiments/, in the order of their titles'
+  leading numbers ("3. Kernel-size ablation"); titles without one come last."""
+  def order(name):
+    number = re.match(r"(\d+)\.", title(name))
+    return (int(number.group(1)) if number else float("inf"), name)
+  return sorted(catalog.find_studies(EXPERIMENTS_DIR), key=order)
 
 
 def read_finding(name: str) -> str:
@@ -87,14 +102,14 @@ def finished_date(study_dir: str) -> str:
 
 
 def rebuild_tables(study: str, preset: str, study_dir: str) -> None:
-  subprocess.run([sys.executable, os.path.join(REPO, "experiments", f"{study}.py"),
-                  "--preset", preset, "--out", study_dir, "--tables_only"],
-                 check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+  subprocess.run([sys.executable, "-m", "mnist_jax", "study", study, "--preset", preset,
+                  "--out", study_dir, "--tables_only", "--experiments_dir",
+                  EXPERIMENTS_DIR], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def study_section(study: str, preset: str, study_dir: str, figures_out: str) -> str:
   command = f"python experiments/{study}.py --preset {preset}"
-  lines = [f"## {TITLES[study]}", "",
+  lines = [f"## {title(study)}", "",
            f"Command: `{command}`; runs finished {finished_date(study_dir)}.", ""]
   tables = sorted(glob.glob(os.path.join(study_dir, "tables", "*.md")))
   if finished_date(study_dir) == "not run" or not tables:
@@ -111,7 +126,7 @@ def study_section(study: str, preset: str, study_dir: str, figures_out: str) -> 
   return "\n".join(lines)
 
 
-FRONTIER_TITLE = "6. Accuracy frontier: our recipes beside published results"
+FRONTIER_TITLE = "Accuracy frontier: our recipes beside published results"
 # Earlier versions of the `cpu` recipe, newest first: their run folders under
 # runs/frontier, each described in experiments/findings/frontier_<folder>.md.
 # Their tables stay, so the history of the recipe is in the open.
@@ -125,7 +140,7 @@ def frontier_table_text(run_folder: str) -> str:
 
 def frontier_section(frontier_dir: str) -> str:
   """The frontier table of each recipe that has been run (experiments/frontier.py)."""
-  lines = [f"## {FRONTIER_TITLE}", ""]
+  lines = [f"## {len(studies()) + 1}. {FRONTIER_TITLE}", ""]  # after the studies
   for recipe in ("cpu", "full"):
     command = f"python experiments/frontier.py --recipe {recipe}"
     table = os.path.join(frontier_dir, recipe, "tables", "frontier.md")
@@ -181,7 +196,7 @@ def main() -> None:
   figures_out = os.path.join(REPO, "docs", "figures")
   os.makedirs(figures_out, exist_ok=True)
   sections = []
-  for study in STUDIES:
+  for study in studies():
     study_dir = os.path.join(args.studies_dir, study, args.preset)
     if os.path.isdir(study_dir):
       rebuild_tables(study, args.preset, study_dir)

@@ -43,7 +43,7 @@ STUDY = Study("mlp_vs_cnn", [
           label="CNN, locally connected"),
     Point("mlp_wide", "configs/mlp.py", {"model.hidden_features": (304,)},
           label="MLP 784-304-10 (CNN-sized)"),
-])
+], title="1. MLP vs CNN, and what weight sharing buys")
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 15}),
     "cpu": Preset(seeds=range(3), overrides={"num_epochs": 2,

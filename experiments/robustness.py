@@ -37,7 +37,7 @@ from mnist_jax.studies.tables import Column, Table
 STUDY = Study("robustness", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),
     Point("cnn", "configs/cnn.py", label="CNN (conv)"),
-])
+], title="2. Translation and rotation robustness")
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 15},
                    options={"shifts": tuple(range(9)),
@@ -77,7 +77,7 @@ def robustness_table(results, axis: str, unit: str) -> Table:
   what = ("shifted by k pixels (mean over right, left, down, up; zero fill)"
           if axis == "shift" else "rotated about the centre (bilinear, zero fill)")
   caption = f"Test accuracy (%) on the test set {what}; {reports.STATS_NOTE}."
-  return Table(columns, rows, caption=caption)
+  return Table(columns, rows, caption=caption, budget=reports.budget(results))
 
 
 def report(study, preset, study_dir, results):

@@ -35,7 +35,7 @@ STUDY = Study("stride", [
           {"model.strides": (s, s, s), "model.pooling": (("max" if pooled else "none"),) * 3},
           label=f"stride {s}, {'max pool' if pooled else 'no pooling'}")
     for s in (1, 2, 3) for pooled in (True, False)
-])
+], title="4. Stride ablation, with and without pooling")
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 15}),
     "cpu": Preset(seeds=range(3), overrides={"num_epochs": 1,

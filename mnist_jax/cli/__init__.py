@@ -9,7 +9,8 @@
   ensemble  --workdirs runs/a,runs/b,runs/c [--split test|validation] [--out DIR]
   export    --workdir runs/cnn --out DIR
   study     NAME [--preset cpu|full] [--quick] [--out DIR] [--data_dir D]
-            [--vmap_seeds] [--tables_only]
+            [--vmap_seeds] [--tables_only] [--points P1,P2] [--seeds 0,1]
+            [--experiments_dir DIR]
   frontier  [--recipe cpu|full] [--out DIR] [--data_dir D] [--tables_only]
   benchmark [--configs C1,C2] [--variants FIELD=V1,V2] [--rounds 7] [--steps 20]
             [--seeds N] [--e2e_split SPLIT] [--out FILE] [--against torch]
@@ -61,7 +62,7 @@ def main(argv: Sequence[str]) -> int:
   command, rest = COMMANDS[argv[0]], list(argv[1:])
   flag_words = rest[:rest.index("--")] if "--" in rest else rest
   if any(word in _HELP for word in flag_words):
-    print(help_text(command))
+    print(help_text(command, rest))
     return 0
   fv, args = parse(command, rest)
   runtime.check_xla_flags()

@@ -35,6 +35,9 @@ class Command:
   usage: str = ""  # after the command name: required flags and positional args
   required: Tuple[str, ...] = ()
   positional: Optional[str] = None  # what its positional args are; None: it takes none
+  # More help after the flags, from the words given (the study command lists
+  # the studies of its --experiments_dir).
+  details: Optional[Callable[[Sequence[str]], str]] = None
 
 
 def _one_line(error: Exception) -> str:
@@ -133,15 +136,20 @@ def _load_config(fv: flags.FlagValues) -> None:
     getattr(fv["config"].value, "keys", None)  # config_flags' stand-in raises here
 
 
+def flag_in(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value of --NAME in `argv`, read before (or without) parsing it."""
+  for i, word in enumerate(argv):
+    if word.lstrip("-") == name and i + 1 < len(argv):
+      return argv[i + 1]
+    if word.lstrip("-").startswith(name + "="):
+      return word.split("=", 1)[1]
+  return None
+
+
 def _config_path(argv: Sequence[str]) -> str:
   """The --config value in `argv` (config_flags has none to give when its file
   failed to load while it parsed a --config.FIELD override)."""
-  for i, word in enumerate(argv):
-    if word.lstrip("-") == "config" and i + 1 < len(argv):
-      return argv[i + 1]
-    if word.lstrip("-").startswith("config="):
-      return word.split("=", 1)[1]
-  return "(none)"
+  return flag_in(argv, "config") or "(none)"
 
 
 def _unreadable_config(name: str, path: str, error: Exception) -> UserError:
@@ -156,8 +164,9 @@ def _unreadable_config(name: str, path: str, error: Exception) -> UserError:
                    "--config configs/cnn.py.")
 
 
-def help_text(command: Command) -> str:
-  """The command's usage line and its flags (absl's own help for each flag)."""
+def help_text(command: Command, argv: Sequence[str] = ()) -> str:
+  """The command's usage line, its flags (absl's own help for each flag) and
+  its details, for the words `argv` given after the command's name."""
   fv = flags.FlagValues()
   command.define(fv, [command.name])
   lines = [f"usage: {PROGRAM} {command.name} {command.usage}".rstrip(), "",
@@ -171,6 +180,8 @@ def help_text(command: Command) -> str:
     shown = not (flag.default is None or flag.default is False or flag.default == "")
     default = f" (default: {flag.default_as_str})" if shown else ""
     lines.append(f"  {switch}{name}: {flag.help}{kind}{default}")
+  if command.details is not None:
+    lines += ["", command.details(argv)]
   return "\n".join(lines)
 
 
@@ -178,6 +189,18 @@ def define_config(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   config_flags.DEFINE_config_file(
       "config", None, "config file (e.g. configs/cnn.py); override any field with "
       "--config.FIELD=VALUE", flag_values=fv, lock_config=True, sys_argv=list(argv))
+
+
+def config_overrides(fv: flags.FlagValues) -> List[str]:
+  """'FIELD: file's value -> value given' for each field of the --config file
+  that the command line changed (its --config.FIELD=VALUE overrides)."""
+  path = config_flags.get_config_filename(fv["config"])
+  with _absl_warnings_off():
+    _forget_config_module()
+    as_written = fv["config"].parser.parse(path)  # the file's get_config() again
+  from mnist_jax.core import run_dir
+  return run_dir.config_differences(run_dir.config_as_dict(as_written),
+                                    run_dir.config_as_dict(fv.config))
 
 
 def define_data_dir(fv: flags.FlagValues) -> None:

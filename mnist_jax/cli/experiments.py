@@ -1,49 +1,38 @@
 """Commands declared in the checkout's experiments/ folder: study, frontier.
 
-`experiments/NAME.py` declares a study (STUDY, PRESETS, report and optionally
-after_run_for) or the frontier (run); both are loaded by path from the
-checkout, so `python -m mnist_jax study NAME` and `python experiments/NAME.py`
-run the same declaration through the same code.
+`experiments/NAME.py` declares a study (STUDY, PRESETS, and optionally report
+and after_run_for; studies/catalog.py finds them) or the frontier (run); both
+are loaded by path from the checkout, so `python -m mnist_jax study NAME` and
+`python experiments/NAME.py` run the same declaration through the same code.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import types
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from absl import flags
 
-from mnist_jax.cli.command import Command, define_data_dir
-from mnist_jax.core.config import REPO_ROOT
+from mnist_jax.cli.command import Command, define_data_dir, flag_in
+from mnist_jax.cli.runs import parse_seeds
 from mnist_jax.core.errors import UserError
-
-EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "experiments")
-# The studies in experiments/ (one file each); tests check this list against the folder.
-STUDIES = ("mlp_vs_cnn", "robustness", "kernel_size", "stride", "lecun1998")
+from mnist_jax.studies import catalog
 
 
-def load_experiment(name: str) -> types.ModuleType:
-  """experiments/NAME.py as the module `experiments.NAME` (the one already
-  imported, if any, so that it is never declared twice in one process)."""
-  module_name = f"experiments.{name}"
-  if module_name in sys.modules:
-    return sys.modules[module_name]
-  path = os.path.join(EXPERIMENTS_DIR, f"{name}.py")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: studies and the frontier are declared in the "
-                    "checkout's experiments/ folder; run from a checkout of mnist_jax.")
-  spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[module_name] = module
-  try:
-    spec.loader.exec_module(module)
-  except BaseException:
-    del sys.modules[module_name]
-    raise
-  return module
+def load_experiment(name: str, folder: Optional[str] = None) -> types.ModuleType:
+  """experiments/NAME.py (of `folder`, else the checkout's, studies/catalog.py)
+  as the module `experiments.NAME`."""
+  return catalog.load_file(name, folder)
+
+
+def _studies_help(argv: Sequence[str]) -> str:
+  """The studies the --experiments_dir folder (or the default) declares."""
+  folder = flag_in(argv, "experiments_dir")
+  found = catalog.find_studies(folder)
+  lines = [f"studies in {catalog.folder_or_default(folder)}:"]
+  width = max(map(len, found), default=0)
+  lines += [f"  {name:{width}s}  {summary}".rstrip() for name, summary in found.items()]
+  return "\n".join(lines if found else lines + ["  (none)"])
 
 
 def _define_out(fv: flags.FlagValues, default: str) -> None:
@@ -62,6 +51,12 @@ def _define_study(fv: flags.FlagValues, argv: Sequence[str]) -> None:
                     flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "rebuild tables and figures from the runs, "
                     "train nothing", flag_values=fv)
+  flags.DEFINE_list("points", None, "only these points of the study, e.g. cnn_k3,cnn_k5 "
+                    "(default: all); its tables then hold these only", flag_values=fv)
+  flags.DEFINE_list("seeds", None, "only these seeds, e.g. 0 (default: the preset's)",
+                    flag_values=fv)
+  flags.DEFINE_string("experiments_dir", None, "the folder of study files (default: "
+                      "./experiments, else the checkout's experiments/)", flag_values=fv)
   _define_placement(fv)
 
 
@@ -88,16 +83,18 @@ def _placement(fv: flags.FlagValues) -> dict:
 
 
 def study(fv: flags.FlagValues, args: List[str]) -> int:
-  if len(args) != 1 or args[0] not in STUDIES:
+  if len(args) != 1:
+    found = ", ".join(catalog.find_studies(fv.experiments_dir)) or "(none)"
     what = f"unknown study {' '.join(args)!r}" if args else "study needs a study name"
-    raise UserError(f"{what}: use one of {', '.join(STUDIES)}.")
-  module = load_experiment(args[0])
+    raise UserError(f"{what}: use one of {found}.")
+  module = catalog.load_study(args[0], fv.experiments_dir)
   from mnist_jax.studies import script
-  script.run(module.STUDY, module.PRESETS, module.report, preset=fv.preset,
-             quick=fv.quick, out=fv.out, mnist_dir=fv.data_dir,
+  script.run(module.STUDY, module.PRESETS, getattr(module, "report", None),
+             preset=fv.preset, quick=fv.quick, out=fv.out, mnist_dir=fv.data_dir,
              vmap_seeds=fv.vmap_seeds, tables_only=fv.tables_only,
              after_run_for=getattr(module, "after_run_for", None),
-             placement=_placement(fv))
+             placement=_placement(fv), points=fv.points,
+             seeds=None if fv.seeds is None else parse_seeds(fv.seeds, "the preset's"))
   return 0
 
 
@@ -118,9 +115,10 @@ def frontier(fv: flags.FlagValues, args: List[str]) -> int:
 
 
 COMMANDS = [
-    Command("study", "run a study declared in experiments/NAME.py (" + ", ".join(STUDIES)
-            + "): train what is unfinished, then write its tables and figures",
-            _define_study, study, usage="NAME [flags]", positional="the study's name"),
+    Command("study", "run a study declared in experiments/NAME.py (`study -h` lists "
+            "them): train what is unfinished, then write its tables and figures",
+            _define_study, study, usage="NAME [flags]", positional="the study's name",
+            details=_studies_help),
     Command("frontier", "train the accuracy frontier's members (experiments/frontier.py), "
             "score their ensemble, tabulate them beside published results",
             _define_frontier, frontier, usage="[flags]"),

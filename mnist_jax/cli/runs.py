@@ -12,9 +12,10 @@ import sys
 from typing import List, Sequence
 
 from absl import flags
+from ml_collections import config_flags
 
-from mnist_jax.cli.command import (Command, define_config, define_data_dir,
-                                   define_device_flags, start_jax)
+from mnist_jax.cli.command import (Command, config_overrides, define_config,
+                                   define_data_dir, define_device_flags, start_jax)
 from mnist_jax.core import config as config_lib, runtime
 from mnist_jax.core.errors import UserError
 
@@ -38,10 +39,11 @@ def _define_train(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   define_device_flags(fv)
 
 
-def parse_seeds(texts: List[str]) -> List[int]:
+def parse_seeds(texts: List[str], default: str = "the config's seed") -> List[int]:
+  """The --seeds list as whole numbers; `default` says what no --seeds trains."""
   if not texts:
     raise UserError("--seeds is empty (--seeds=): give seeds separated by commas, "
-                    "e.g. --seeds 0,1,2, or leave --seeds out to train the config's seed.")
+                    f"e.g. --seeds 0,1,2, or leave --seeds out to train {default}.")
   try:
     seeds = [int(s) for s in texts]
   except ValueError:
@@ -61,8 +63,19 @@ def _final_line(config, final) -> str:
           f"(loss {final['test_loss']:.4f}) {when}")
 
 
+def _config_line(fv: flags.FlagValues) -> str:
+  """The config file trained and the fields the command line changed in it."""
+  path = config_flags.get_config_filename(fv["config"])
+  changes = config_overrides(fv)
+  if not changes:
+    return f"config {path}, as written (no --config.FIELD overrides)"
+  return "\n  ".join([f"config {path}, changed by the command line (file's value "
+                      "-> value used):", *changes])
+
+
 def train(fv: flags.FlagValues, args: List[str]) -> int:
   config = fv.config
+  print(_config_line(fv), flush=True)
   if fv.seeds is None:
     start_jax(fv)
     from mnist_jax.engine.loop import train_and_evaluate

@@ -190,6 +190,11 @@ def _flatten(tree: Dict, prefix: str = "") -> Dict:
   return flat
 
 
+def flat_config(config: ml_collections.ConfigDict) -> Dict:
+  """The config as config.json stores it, one 'a.b' key per leaf."""
+  return _flatten(config_as_dict(config))
+
+
 def _base_defaults() -> Dict:
   defaults = _flatten(config_as_dict(config_lib.base_config()))
   defaults.update({f"model.{key}": value

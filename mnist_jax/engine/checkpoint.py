@@ -13,10 +13,9 @@ devices restores onto any other device count.
 
 The `state` item holds only the train state's non-empty fields: batch norm
 statistics and the EMA of the weights are absent for models and configs that
-have none, so their checkpoints keep the layout they had before those fields
-existed and old runs still restore and resume. The EMA's own batch statistics
-(`ema_batch_stats`) are newer than the EMA: a checkpoint of an EMA run saved
-before them (commit 5ccd3f5 and earlier) restores with a copy of the live
+have none, so their checkpoints keep a layout without those fields and old
+runs still restore and resume. A checkpoint of an EMA run without the EMA's
+own batch statistics (`ema_batch_stats`) restores with a copy of the live
 statistics in their place, so an old run evaluates exactly as it did when
 it was trained and measured, and a resumed one averages on from them.
 

@@ -4,7 +4,7 @@ and `train_and_evaluate(config, workdir)`, its one-run form, the entry point.
 The train step is a pure function (state, batch, rng) -> (state, metrics),
 jit-compiled once ahead of the loop with the state donated. Each epoch is a
 Python loop of jitted steps rather than one `lax.scan`: on the project's CPUs
-a whole epoch in one scan measured ten times slower for a CNN (FIELD_NOTES).
+a whole epoch in one scan runs 7x slower for a CNN (docs/decisions.md).
 `config.steps_per_dispatch` = K > 1 runs K steps per call, as a scan over K
 batches' indices: for a model whose step is about a millisecond (the MLP) the
 host's per-call work is then paid once per K steps (docs/performance.md).
@@ -379,8 +379,9 @@ def _loop(run: Group, state, sums) -> None:
     return
   start_step = (first_epoch - 1) * run.steps + first_batch
   # One writer per seed; only the first profiles (one jax.profiler trace at a time).
-  run.events = [metric_writer.RunWriter(w, run.config, start_step, run.writer, profile=i == 0)
-                for i, w in enumerate(run.workdirs)]
+  run.events = [metric_writer.RunWriter(w, seed_config(run.config, seed), start_step,
+                                        run.writer, profile=i == 0)
+                for i, (w, seed) in enumerate(zip(run.workdirs, run.seeds))]
   for i, events in enumerate(run.events):
     events.resume_from(sums, i if run.stacked else None)
   for epoch in range(first_epoch, run.config.num_epochs + 1):

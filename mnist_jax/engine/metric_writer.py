@@ -4,13 +4,17 @@ Events go into the run directory itself, so `tensorboard --logdir runs/`
 shows every run of a study side by side, named by its path (cnn_k3/seed_0).
 metrics.jsonl stays the source of every table; the events are for looking.
 Written with tensorboardX: clu's writers go through TensorFlow, which the
-training process should not have to import (FIELD_NOTES: ~6 s of start-up).
+training process should not have to import (about 6 s of start-up).
 
   epoch/<key>      each numeric key of the epoch's metrics.jsonl line
                    (epoch/test_accuracy, epoch/learning_rate, ...), at the
                    global step of the epoch's end
   step/train_loss  mean training loss of the steps since the previous point
                    (or since the epoch began), every config.log_every_steps
+  hparams          the run's config.json, one hyperparameter per leaf
+                   ('model.kernel_sizes', lists as text), against the epoch/*
+                   test, validation and train metrics: TensorBoard's HParams
+                   tab lists a study's runs side by side
   misclassified/*  at the end, a grid of the most confidently misclassified
                    test digits and a table of their labels
 
@@ -30,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax.core import data as data_lib
+from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.core.run_dir import PROFILE_DIR
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.mesh import to_host
@@ -59,6 +63,7 @@ def _import_summary_writer():
 
 
 SummaryWriter = _import_summary_writer()
+from tensorboardX.summary import hparams as tensorboardX_hparams  # noqa: E402
 
 GRID_COLUMNS = 8  # tensorboardX's make_grid lays images out 8 to a row
 _NOT_SCALARS = ("epoch", "step", "test_count", "val_count")
@@ -135,11 +140,32 @@ def _loss_totals(sums: Dict, index: Optional[int] = None) -> Tuple[float, int]:
   return float(totals["loss_sum"]), int(totals["count"])
 
 
+# The epoch/* scalars the HParams tab shows beside each run's hyperparameters.
+HPARAM_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                  "train_accuracy", "train_loss")
+
+
+def hparam_value(value):
+  """A config leaf as TensorBoard's hparams take it: a number, bool or text."""
+  return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def write_hparams(events: SummaryWriter, config: ml_collections.ConfigDict) -> None:
+  """The run's config as hparams (the plugin's experiment and session summaries)
+  in the run's own events file, so that the run directory is the HParams session
+  (tensorboardX's add_hparams would write them to a new subfolder)."""
+  hparams = {k: hparam_value(v) for k, v in run_dir.flat_config(config).items()}
+  metrics = {f"epoch/{key}": None for key in HPARAM_METRICS}
+  for summary in tensorboardX_hparams(hparams, metrics):
+    events._get_file_writer().add_summary(summary)
+
+
 class RunWriter:
   """The loop's TensorBoard writer (and profiler) for one process's life.
 
   Only process 0 writes events (`enabled`); every process profiles itself.
-  `start_step` is the step the run (re)starts from.
+  `config` is the run's own (its seed's); `start_step` is the step the run
+  (re)starts from.
   """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int,
@@ -155,6 +181,8 @@ class RunWriter:
                    if enabled else None)
     self.profiler = StepProfiler(os.path.join(workdir, PROFILE_DIR),
                                  config.profile_steps if profile else 0)
+    if self.events:
+      write_hparams(self.events, config)
     self._base = (0.0, 0)  # (loss_sum, count) of this epoch's sums at the last point
 
   def after_span(self, start: int, stop: int, state, sums: Dict,

@@ -10,8 +10,9 @@ evaluation excluded). A point whose config is impossible is a row marked
 from __future__ import annotations
 
 import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
+from mnist_jax.core import splits
 from mnist_jax.studies import plots as study_plots
 from mnist_jax.studies.results import PointResult
 from mnist_jax.studies.stats import MeanStd
@@ -57,7 +58,42 @@ def summary_table(results: Sequence[PointResult], caption: str = "") -> Table:
   notes: List[str] = []
   rows = [summary_row(p, notes) for p in results]
   text = f"{caption} {STATS_NOTE}; train time on {devices(results)}.".strip()
-  return Table(SUMMARY_COLUMNS, rows, caption=text, notes=notes)
+  return Table(SUMMARY_COLUMNS, rows, caption=text, notes=notes, budget=budget(results))
+
+
+def _one_or_each(values) -> str:
+  """The value all runs share, else each value the runs have, in order."""
+  return " or ".join(sorted(set(values), key=lambda v: (len(v), v)))
+
+
+def _images(config: Dict, split_key: str, what: str) -> str:
+  split = config[f"data.{split_key}"]
+  held_out = config.get("data.validation_size", 0) if split_key == "train_split" else 0
+  count = splits.split_size(split) - held_out
+  return f"{count:,} {what} images ({split}" + (
+      f" less {held_out:,} for validation)" if held_out else ")")
+
+
+def budget(results: Sequence[PointResult]) -> str:
+  """What trained the tabulated runs, read from their config.json: epochs,
+  training and test images, seeds, and the preset they were tabulated as,
+  said to be theirs only when every run is that preset's config (not so for
+  --quick runs tabulated as their full preset); empty when no run finished."""
+  runs = [r for p in results for r in p.runs]
+  if not runs:
+    return ""
+  epochs = _one_or_each(str(r.config["num_epochs"]) for r in runs)
+  seeds = ", ".join(str(s) for s in sorted({r.seed for r in runs}))
+  parts = [f"{epochs} epoch{'' if epochs == '1' else 's'}",
+           _one_or_each(_images(r.config, "train_split", "training") for r in runs),
+           _one_or_each(_images(r.config, "test_split", "test") for r in runs),
+           f"seed{'s' if ',' in seeds else ''} {seeds}"]
+  presets = {r.preset for r in runs}
+  if len(presets) == 1 and "" not in presets:
+    name = presets.pop()
+    parts.append(f"preset {name}" if all(r.of_preset for r in runs)
+                 else f"configs differing from preset {name}'s")
+  return "Budget (the runs' config.json): " + "; ".join(parts) + "."
 
 
 def standard_report(name: str, study_dir: str, results: Sequence[PointResult],

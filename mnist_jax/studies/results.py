@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
-from mnist_jax.studies.spec import Point, Preset, Study, point_dir, run_workdir
+from mnist_jax.studies.spec import (Point, Preset, Study, point_config, point_dir,
+                                     run_workdir)
 from mnist_jax.studies.stats import MeanStd, mean_std
 
 
@@ -24,6 +25,9 @@ class RunResult:
   metrics: List[Dict]  # metrics.jsonl, one dict per epoch
   extras: Dict  # extras.json
   select: str = "last"  # config.select: which epoch the run reports
+  config: Dict = dataclasses.field(default_factory=dict)  # config.json, 'a.b' keys
+  preset: str = ""  # the name of the preset the run was checked against (Preset.name)
+  of_preset: bool = False  # whether its config.json is the config that preset gives
 
   @property
   def final(self) -> Dict:
@@ -59,7 +63,18 @@ def read_run(workdir: str, seed: int) -> Optional[RunResult]:
     return None
   metrics = run_dir.read_metrics(workdir)[:config.num_epochs]
   return RunResult(seed, workdir, metrics, run_dir.read_extras(workdir),
-                   config.select)
+                   config.select, run_dir.flat_config(config))
+
+
+def of_preset(run: RunResult, point: Point, preset: Preset) -> RunResult:
+  """The run marked with the preset's name, and whether its config.json is the
+  config the preset gives the point (a --quick run is not its full preset's)."""
+  if not preset.name:
+    return run
+  made = run_dir.config_as_dict(point_config(point, preset, run.seed))
+  saved = run_dir.config_as_dict(run_dir.read_config(run.workdir))
+  return dataclasses.replace(run, preset=preset.name,
+                             of_preset=not run_dir.config_differences(saved, made))
 
 
 def check_study_dir(study_dir: str) -> None:
@@ -80,7 +95,8 @@ def collect(study: Study, preset: Preset, study_dir: str) -> List[PointResult]:
   for point in study.points:
     reason = run_dir.read_rejection(point_dir(study_dir, point))
     runs = [read_run(run_workdir(study_dir, point, s), s) for s in preset.seeds]
-    results.append(PointResult(point, [r for r in runs if r], reason))
+    results.append(PointResult(point, [of_preset(r, point, preset) for r in runs if r],
+                               reason))
   if not any(r.runs or r.rejected for r in results):
     raise UserError(f"no finished runs of study {study.name!r} in {study_dir}: train "
                     "them first (without --tables_only), or give the study's --out.")

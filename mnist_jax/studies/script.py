@@ -10,13 +10,14 @@ Runs that failed (a UserError) are named after the tables, exit status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from mnist_jax.core import workdir
 from mnist_jax.core.errors import UserError
 from mnist_jax.studies import executor as executor_lib
-from mnist_jax.studies import results as aggregate, runner as study_lib, spec
+from mnist_jax.studies import reports, results as aggregate, runner as study_lib, spec
 from mnist_jax.studies.results import check_study_dir
 
 # report(study, preset, study_dir, results) -> paths of the tables and figures written
@@ -30,20 +31,32 @@ def default_out(study: spec.Study, preset_name: str, quick: bool) -> str:
                       preset_name + ("-quick" if quick else ""))
 
 
-def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Report, *,
-        preset: str = "cpu", quick: bool = False, out: Optional[str] = None,
+def standard_report(study: spec.Study, preset: spec.Preset, study_dir: str,
+                    results: List[aggregate.PointResult]) -> List[str]:
+  """The report of a study that declares none: the summary table and figures."""
+  return reports.standard_report(study.name, study_dir, results)
+
+
+def run(study: spec.Study, presets: Dict[str, spec.Preset], report: Optional[Report] = None,
+        *, preset: str = "cpu", quick: bool = False, out: Optional[str] = None,
         mnist_dir: Optional[str] = None, vmap_seeds: bool = False,
         tables_only: bool = False, after_run_for: Optional[AfterRunFor] = None,
-        placement: Optional[Dict] = None) -> List[str]:
+        placement: Optional[Dict] = None, points: Optional[Sequence[str]] = None,
+        seeds: Optional[Sequence[int]] = None) -> List[str]:
   """Trains (unless `tables_only`) and reports one study; returns the files written.
 
   `quick` is the tiny form for tests (spec.quick: 2 seeds, 1 epoch, 1000/500 images).
+  `points` and `seeds` cut the study to a part (spec.part), trained and tabulated
+  in the same folder as the whole. `report` defaults to standard_report.
   `placement`: run_study's executor, address, gpus_per_run, cpus_per_run.
   """
   if preset not in presets:
     raise UserError(f"study {study.name} has no preset {preset!r}: use one of "
                     f"{', '.join(sorted(presets))}.")
   chosen = spec.quick(presets[preset]) if quick else presets[preset]
+  chosen = dataclasses.replace(chosen, name=preset + (" --quick" if quick else ""))
+  study, chosen = spec.part(study, chosen, points, seeds)
+  report = report or standard_report
   out = default_out(study, preset, quick) if out is None else out
   if not out.strip():
     raise UserError("--out is empty (--out=): name a folder for the study's runs, or "

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
 from mnist_jax.core.config import apply_overrides, load_config_file
+from mnist_jax.core.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Preset:
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   per_point: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # What the study was run with, for the tables' budget line ('cpu', 'cpu --quick');
+  # set by studies/script.run, not declared.
+  name: str = ""
 
 
 QUICK_OVERRIDES = {"num_epochs": 1, "data.train_split": "train[:1000]",
@@ -57,8 +61,31 @@ def quick(preset: Preset) -> Preset:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
+  """`name` is its file's, experiments/<name>.py; `title` heads its section of
+  RESULTS.md, whose sections follow the titles' leading numbers ("3. ...")."""
+
   name: str
   points: Sequence[Point]
+  title: str = ""
+
+
+def part(study: Study, preset: Preset, points: Optional[Sequence[str]] = None,
+         seeds: Optional[Sequence[int]] = None) -> Tuple[Study, Preset]:
+  """The study cut to the named `points` and the preset to `seeds` (all of
+  each when None): a part of a study trains, and is tabulated, on its own."""
+  if points is not None:
+    known = {p.name: p for p in study.points}
+    unknown = [name for name in points if name not in known]
+    if not points:
+      raise UserError(f"--points is empty: name some of {', '.join(known)}, or leave "
+                      "--points out for the whole study.")
+    if unknown:
+      raise UserError(f"--points: study {study.name} has no point {unknown[0]!r}: use "
+                      f"some of {', '.join(known)}.")
+    study = dataclasses.replace(study, points=[known[name] for name in points])
+  if seeds is not None:
+    preset = dataclasses.replace(preset, seeds=tuple(seeds))
+  return study, preset
 
 
 @dataclasses.dataclass(frozen=True)

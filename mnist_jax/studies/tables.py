@@ -55,6 +55,7 @@ class Table:
   rows: List[List[Any]]
   caption: str = ""
   notes: List[str] = dataclasses.field(default_factory=list)
+  budget: str = ""  # a line after the caption: what trained the runs (reports.budget)
 
   def to_markdown(self) -> str:
     lines = ["| " + " | ".join(c.name for c in self.columns) + " |",
@@ -62,7 +63,7 @@ class Table:
     for row in self.rows:
       cells = [format_cell(v, c.fmt) for v, c in zip(row, self.columns)]
       lines.append("| " + " | ".join(cells) + " |")
-    extra = [self.caption] if self.caption else []
+    extra = [text for text in (self.caption, self.budget) if text]
     extra += [f"{i}. {n}" for i, n in enumerate(self.notes, start=1)]
     return "\n".join(lines + ([""] + extra if extra else [])) + "\n"
 
@@ -77,6 +78,8 @@ class Table:
     lines += [r"\bottomrule", r"\end{tabular}"]
     if self.caption:
       lines.append(rf"\caption{{{latex_escape(self.caption)}}}")
+    if self.budget:
+      lines.append(rf"\par\footnotesize {latex_escape(self.budget)}")
     lines += [rf"\par\footnotesize {i}. {latex_escape(n)}"
               for i, n in enumerate(self.notes, start=1)]
     return "\n".join(lines + [r"\end{table}"]) + "\n"
