@@ -19,9 +19,11 @@ from mnist_jax.cli.command import parse
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# Prose the history check covers: README, docs, configs, experiments, pyproject, changelog.
-PROSE_ROOTS = ["README.md", "docs", "configs", "experiments", "pyproject.toml", "CHANGELOG.md"]
-PROSE_SUFFIXES = {".md", ".py", ".toml"}
+# Prose the history check covers: README, docs, configs, experiments, the
+# package's docstrings and comments, scripts, pyproject, changelog.
+PROSE_ROOTS = ["README.md", "docs", "configs", "experiments", "mnist_jax", "scripts",
+               "pyproject.toml", "CHANGELOG.md"]
+PROSE_SUFFIXES = {".md", ".py", ".toml", ".sh"}
 HISTORY_WORDS = re.compile(
     r"(first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|previous|last|this|next"
     r"|earlier|later) s[e]ssion|session [0-9]|\bissues? #?[0-9]+|\bthe helper\b"
