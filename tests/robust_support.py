@@ -1,6 +1,7 @@
 """Shared by the tests/test_robust_*.py files: a tiny MLP trained on random
 images (no MNIST needed, so these tests also run without ../shared), and the
-one-line error check for commands run in a subprocess."""
+one-line error check; `run_cli` (a command in a new process) serves every
+test file that needs one."""
 
 import os
 import pathlib
