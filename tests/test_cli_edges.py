@@ -1,4 +1,4 @@
-"""Input that used to end in a traceback, an abort or a silent surprise: config
+"""Input that could end in a traceback, an abort or a silent surprise: config
 files whose own code fails, seeds out of range, None in a field, a train split
 overlapping the test split, a model too large for the memory, a broken
 environment (XLA_FLAGS, JAX_PLATFORMS) and Ctrl-C at any point. Each is one
@@ -139,8 +139,8 @@ def _start(code, **kwargs):
 
 def test_ctrl_c_while_the_process_exits_is_interrupted_130(tmp_path):
   """JAX and orbax register atexit hooks when imported; a Ctrl-C while they
-  ran was a KeyboardInterrupt traceback and exit 0. A slow hook registered
-  before the command stands for them."""
+  run is an interruption too (130), not a KeyboardInterrupt traceback and
+  exit 0. A slow hook registered before the command stands for them."""
   proc = _start("""
       import atexit, time
       from mnist_jax import cli
