@@ -19,6 +19,8 @@ from mnist_jax.core import data, run_dir
 from mnist_jax.engine import loop
 from mnist_jax.studies import runner
 
+from helpers import one_error_line
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -31,20 +33,11 @@ def run_cli(*args, env_extra=None, unset=("MNIST_DIR",), timeout=300, script=Non
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr
-  assert "Traceback" not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 1, result.stderr
-  for fragment in fragments:
-    assert fragment in errors[0]
-
-
 def test_no_data_and_no_network_names_the_variable_and_files(cli_here, monkeypatch, tmp_path):
   monkeypatch.delenv("MNIST_DIR", raising=False)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run")
-  assert_one_line_error(result, "MNIST_DIR", "--data_dir", *data.MNIST_FILES)
+  one_error_line(result, "MNIST_DIR", "--data_dir", *data.MNIST_FILES)
 
 
 def test_data_dir_without_the_files_names_what_is_missing(cli_here, monkeypatch, tmp_path):
@@ -55,7 +48,7 @@ def test_data_dir_without_the_files_names_what_is_missing(cli_here, monkeypatch,
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run",
                     "--data_dir", folder)
-  assert_one_line_error(result, "lacks", "t10k-labels-idx1-ubyte.gz")
+  one_error_line(result, "lacks", "t10k-labels-idx1-ubyte.gz")
 
 
 @pytest.mark.real_data
@@ -74,7 +67,7 @@ def test_corrupt_file_is_named(mnist_dir, tmp_path):
 def test_impossible_config_is_rejected_before_any_work(cli_here, tmp_path):
   result = cli_here("train", "--config", "configs/cnn.py", "--workdir", tmp_path / "run",
                     "--config.model.strides=(3,3,3)")
-  assert_one_line_error(result, "stage", "leaves nothing", "smaller strides")
+  one_error_line(result, "stage", "leaves nothing", "smaller strides")
   assert not (tmp_path / "run").exists()
 
 
@@ -82,13 +75,13 @@ def test_misspelt_override_is_an_error(tmp_path):
   # A real `python -m mnist_jax train` process; the other errors of train run in this one.
   result = run_cli("train", "--config", "configs/cnn.py", "--workdir", str(tmp_path / "run"),
                    "--config.num_epoch=3")
-  assert_one_line_error(result, "num_epoch", "num_epochs")
+  one_error_line(result, "num_epoch", "num_epochs")
 
 
 def test_unknown_command_and_missing_workdir(cli_here, tmp_path):
-  assert_one_line_error(cli_here("fit"), "unknown command 'fit'")
-  assert_one_line_error(cli_here("train", "--config", "configs/cnn.py"), "--workdir")
-  assert_one_line_error(cli_here("evaluate", "--workdir", tmp_path), "config.json not found")
+  one_error_line(cli_here("fit"), "unknown command 'fit'")
+  one_error_line(cli_here("train", "--config", "configs/cnn.py"), "--workdir")
+  one_error_line(cli_here("evaluate", "--workdir", tmp_path), "config.json not found")
 
 
 @pytest.mark.real_data
@@ -98,7 +91,7 @@ def test_batch_size_larger_than_the_data_is_rejected(cli_here, mnist_dir, tfds_d
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "r",
                     "--data_dir", mnist_dir, "--config.data.train_split=train[:100]",
                     "--config.batch_size=128")
-  assert_one_line_error(result, "batch_size = 128", "100 training images")
+  one_error_line(result, "batch_size = 128", "100 training images")
 
 
 # A flag of another command, for every command: (argv, the foreign flag).
@@ -126,8 +119,8 @@ def test_a_flag_of_another_command_is_an_error(name, cli_here, tmp_path):
   argv, flag = FOREIGN_FLAGS[name]
   workdir = tmp_path / "w"
   result = cli_here(*[a.replace("{w}", str(workdir)) for a in argv])
-  assert_one_line_error(result, f"{name}: Unknown command line flag '{flag}'",
-                        f"mnist_jax {name} -h")
+  one_error_line(result, f"{name}: Unknown command line flag '{flag}'",
+                 f"mnist_jax {name} -h")
   assert not workdir.exists()  # refused before any work
 
 
@@ -143,7 +136,7 @@ def test_ctrl_c_ends_with_130_and_no_traceback(cli_here, monkeypatch):
 def test_foreign_flag_through_python_dash_m(tmp_path):
   # A real `python -m mnist_jax evaluate` process.
   result = run_cli("evaluate", "--workdir", str(tmp_path), "--config", "configs/cnn.py")
-  assert_one_line_error(result, "Unknown command line flag 'config'")
+  one_error_line(result, "Unknown command line flag 'config'")
 
 
 def test_help_lists_only_the_commands_own_flags(cli_here):
@@ -201,16 +194,16 @@ def test_train_seeds_trains_one_workdir_per_seed(cli_here, tmp_path, monkeypatch
 def test_train_refuses_bad_seeds(seeds, cli_here, tmp_path):
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir",
                     str(tmp_path / "w"), "--seeds", seeds)
-  assert_one_line_error(result, f"--seeds {seeds}")
+  one_error_line(result, f"--seeds {seeds}")
   assert not (tmp_path / "w").exists()
 
 
 def test_study_needs_a_known_name_and_preset(cli_here, tmp_path):
   for argv in (["study", "kernel_sizes"], ["study"]):
-    assert_one_line_error(cli_here(*argv), ", ".join(cli_experiments.STUDIES))
+    one_error_line(cli_here(*argv), ", ".join(cli_experiments.STUDIES))
   result = cli_here("study", "kernel_size", "--preset", "gpu", "--out",
                     str(tmp_path / "s"))
-  assert_one_line_error(result, "no preset 'gpu'", "cpu, full")
+  one_error_line(result, "no preset 'gpu'", "cpu, full")
   assert not (tmp_path / "s").exists()
 
 
@@ -225,7 +218,7 @@ def test_the_study_names_are_the_studies_in_experiments():
 
 def test_frontier_refuses_an_unknown_recipe(cli_here, tmp_path):
   result = cli_here("frontier", "--recipe", "gpu", "--out", str(tmp_path / "f"))
-  assert_one_line_error(result, "--recipe gpu", "cpu, full")
+  one_error_line(result, "--recipe gpu", "cpu, full")
 
 
 def test_frontier_takes_the_study_placement_flags(cli_here, tmp_path):
@@ -233,7 +226,7 @@ def test_frontier_takes_the_study_placement_flags(cli_here, tmp_path):
   # without --executor ray before any member trains.
   result = cli_here("frontier", "--address", "10.0.0.1:6379", "--cpus_per_run",
                     "2", "--out", str(tmp_path / "f"))
-  assert_one_line_error(result, "--address names a Ray cluster: add --executor ray.")
+  one_error_line(result, "--address names a Ray cluster: add --executor ray.")
   assert not (tmp_path / "f").exists()
 
 
@@ -243,7 +236,7 @@ def test_benchmark_refuses_bad_input_with_exit_2(cli_here, tmp_path):
                 ["--variants", "model.conv_implementation=xla"], ["--rounds", "x"]):
     result = cli_here("benchmark", "--configs", "configs/mlp.py", "--rounds",
                       "1", "--steps", "1", "--out", str(out), *extra)
-    assert_one_line_error(result)
+    one_error_line(result)
   assert not out.exists()
 
 
@@ -292,5 +285,5 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
   with pytest.raises(SystemExit) as exited:
     runpy.run_path(str(REPO / "experiments" / "kernel_size.py"), run_name="__main__")
   stderr = capsys.readouterr().err
-  assert_one_line_error(types.SimpleNamespace(returncode=exited.value.code, stderr=stderr),
-                        "no preset 'gpu'")
+  one_error_line(types.SimpleNamespace(returncode=exited.value.code, stderr=stderr),
+                 "no preset 'gpu'")
