@@ -92,8 +92,8 @@ def use_eigen_cpu_convolutions() -> None:
   workers, a notebook) compiles the same kernels and a run gives the same bits
   wherever it is resumed or evaluated. A value already in XLA_FLAGS wins:
   `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
-  gives XLA's default (YNNPACK's convolutions, as every run before this change
-  was compiled). Older jaxlib builds, which do not know the flag (XLA stops a
+  gives XLA's default (YNNPACK's convolutions, with which RESULTS.md's
+  studies and the frontier runs were compiled). Older jaxlib builds, which do not know the flag (XLA stops a
   process at an unknown flag), are left alone, as are GPU and TPU backends,
   which ignore it.
   """
