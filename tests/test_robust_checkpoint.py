@@ -72,7 +72,7 @@ def copy_run(source, tmp_path):
 
 
 def damage(workdir, how, step=None):
-  """Damages checkpoint `step` (the newest by default) as the issue did."""
+  """Damages checkpoint `step` (the newest by default) in the way `how` names."""
   step = step or checkpoint.manager(str(workdir)).latest_step()
   folder = os.path.join(run_dir.checkpoint_dir(str(workdir)), str(step))
   if how == "truncated":

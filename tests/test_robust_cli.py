@@ -50,7 +50,7 @@ def wait_for_lock(proc, workdir, timeout=180):
 @pytest.mark.real_data
 def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
     mnist_dir, tfds_dir, tmp_path):
-  """The issue's case: both ran, crashed in orbax and left epochs 1,1,2,2.
+  """Unlocked, both would run, crash in orbax and leave epochs 1,1,2,2.
   The first holds the lock while it loads MNIST (~6 s) and trains 3 epochs of
   60,000 images; the second needs only its imports to reach the lock."""
   workdir = tmp_path / "run"

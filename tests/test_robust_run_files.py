@@ -91,8 +91,9 @@ def files_in(folder):
 ])
 def test_a_resume_under_another_config_is_refused_before_config_json_is_written(
     run, override, difference):
-  """The issue's failures 2 (resumed at another learning rate) and 3 (another
-  model: its intact checkpoints called damaged)."""
+  """Without config.json, another config is still refused: neither resumed
+  at another learning rate nor, for another model, its intact checkpoints
+  called damaged."""
   os.remove(run / run_dir.CONFIG_FILE)
   before = files_in(run)
   with pytest.raises(UserError) as error:
@@ -139,8 +140,8 @@ def test_each_checkpoint_holds_its_config_and_its_hash(finished):
 @pytest.mark.parametrize("name", [workdir_lib.LOCK_FILE, run_dir.METRICS_FILE,
                                   run_dir.CONFIG_FILE])
 def test_a_planted_link_is_refused_and_its_target_left_alone(run, tmp_path, name):
-  """The issue's failure 4: train.lock's target was truncated to 0 bytes,
-  metrics.jsonl's appended through."""
+  """Followed, a link would have train.lock's target truncated to 0 bytes
+  and metrics.jsonl's appended to."""
   precious = tmp_path / "precious.txt"
   precious.write_text("mine\n")
   os.remove(run / name)
@@ -186,7 +187,7 @@ BAD_CONFIGS = {"{garbage": "is not valid JSON", "": "is not valid JSON",
 @pytest.mark.parametrize("name", ["evaluate", "plot", "ensemble", "train"])
 def test_a_damaged_config_json_is_one_line_for_every_command(run, tmp_path, capsys,
                                                              text, name):
-  """The issue's failure 1: JSONDecodeError tracebacks of 33-38 lines."""
+  """One error line, not a JSONDecodeError traceback."""
   (run / run_dir.CONFIG_FILE).write_text(text)
   args = {"evaluate": ["--workdir", run], "plot": ["--workdir", run],
           "ensemble": ["--workdirs", f"{run},{shutil.copytree(run, tmp_path / 'b')}"],
@@ -291,8 +292,8 @@ def _failing_savefig(error):
 ])
 def test_plot_on_a_full_disk_or_read_only_folder_is_one_line_leaving_no_file(
     run, capsys, monkeypatch, error, message):
-  """The issue's failures 5 and 7: a PermissionError traceback; a traceback
-  and an empty PNG. (Injected: a test cannot count on mounting a tmpfs, and
+  """A failed figure write is one line, with no PermissionError traceback
+  and no empty PNG left. (Injected: a test cannot count on mounting a tmpfs, and
   root writes read-only folders.)"""
   from matplotlib.figure import Figure
   monkeypatch.setattr(Figure, "savefig", _failing_savefig(error))
@@ -311,7 +312,7 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(run, capsys, monkeypatc
 
 def test_ensemble_out_must_be_a_folder_and_is_refused_before_any_work(run, tmp_path,
                                                                       capsys):
-  """The issue's failure 6: `--out runs/a/config.json`, a FileExistsError."""
+  """`--out runs/a/config.json` is one line, not a FileExistsError."""
   other = shutil.copytree(run, tmp_path / "b")
   before = (run / run_dir.CONFIG_FILE).read_text()
   out = run / run_dir.CONFIG_FILE
@@ -334,7 +335,7 @@ def test_ensemble_out_on_a_full_disk_leaves_no_file(run, tmp_path, capsys, monke
 
 
 def test_a_full_disk_when_the_lock_is_taken_leaves_no_lock_file(tmp_path, monkeypatch):
-  """The issue's failure 7: an ENOSPC traceback and a 0-byte train.lock."""
+  """One line, not an ENOSPC traceback, and no 0-byte train.lock left."""
   monkeypatch.setattr(workdir_lib.os, "pwrite", lambda *a: (_ for _ in ()).throw(ENOSPC))
   with pytest.raises(UserError, match="no space left on the device holding .*train.lock"):
     train(tmp_path / "run")
@@ -375,7 +376,7 @@ def test_evaluate_names_the_final_checkpoint_it_evaluated(run, capsys):
 
 
 def test_evaluate_warns_when_the_final_checkpoint_is_missing(run, capsys):
-  """The newest checkpoint deleted: an older one's accuracy, formerly unsaid."""
+  """The newest checkpoint deleted: an older one's accuracy, said to be so."""
   shutil.rmtree(run_dir.checkpoint_dir(str(run)) + "/40")
   result = command(capsys, "evaluate", "--workdir", run)
   assert result.code == 0
@@ -407,8 +408,8 @@ def test_a_diverged_run_says_so_instead_of_its_numbers(tmp_path, capsys):
 # --- 10. --force removes what the old run wrote --------------------------------
 
 def test_force_removes_everything_the_old_run_wrote_and_keeps_user_files(run, capfd):
-  """The issue's rough edge: --force over a study's run with another model
-  kept the old extras.json (the old parameter count) and event files."""
+  """--force over a study's run with another model keeps neither the old
+  extras.json (the old parameter count) nor its event files."""
   run_dir.update_extras(str(run), num_params=238_510)
   (run / run_dir.FIGURES_DIR).mkdir()
   (run / run_dir.FIGURES_DIR / "learning_curves.png").write_bytes(b"png")
