@@ -182,7 +182,7 @@ def test_ctrl_c_just_after_the_final_line_is_interrupted_or_done(tmp_path, mnist
 ])
 def test_xla_flags_that_xla_cannot_parse_are_one_line(tmp_path, monkeypatch, xla_flags,
                                                       message):
-  """XLA aborted the process (a fatal log line) when its backend started; a
+  """XLA aborts the process (a fatal log line) when its backend starts; a
   child process asks XLA first, as in a fresh `python -m mnist_jax`."""
   monkeypatch.setenv("XLA_FLAGS", xla_flags)
   monkeypatch.setattr(runtime, "_backends_started", lambda: False)
@@ -196,7 +196,7 @@ def test_xla_flags_that_xla_cannot_parse_are_one_line(tmp_path, monkeypatch, xla
 @pytest.mark.slow
 @pytest.mark.parametrize("platforms", ["gpu", "cuda"])
 def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
-  """JAX_PLATFORMS=gpu on a CPU machine was a 42-52 line traceback."""
+  """JAX_PLATFORMS=gpu on a CPU machine: one line, not JAX's 42-52 line traceback."""
   import jax
   if jax.devices()[0].platform != "cpu":
     pytest.skip("this machine has a GPU")
@@ -215,7 +215,7 @@ def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
     (["frontier"], "runs/frontier/cpu")])
 def test_an_empty_out_is_refused_rather_than_the_default(tmp_path, monkeypatch, argv,
                                                          default):
-  """`--out=` wrote into the checkout's default folder."""
+  """`--out=` is refused, not taken as the default folder in the checkout."""
   monkeypatch.chdir(tmp_path)
   with pytest.raises(UserError, match=rf"--out is empty \(--out=\).*\({default}\)"):
     cli.main([*argv, "--out="])
