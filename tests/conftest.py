@@ -25,8 +25,9 @@ def ci_forbids_skips() -> bool:
   """True when $CI is set to true/1/yes, as CI services set it.
 
   Without ../shared/data/mnist every test that needs the real files skips
-  (31 of them: all resume, determinism and 4-device tests) and a plain run
-  still exits 0; in CI that run must fail: untested is not passed.
+  (those marked real_data, among them the resume, determinism and 4-device
+  tests) and a plain run still exits 0; in CI that run must fail: untested
+  is not passed.
   """
   return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

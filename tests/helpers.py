@@ -45,12 +45,15 @@ def run_cli_on_npz(data_path, *args, timeout=300):
                         timeout=timeout, check=False)
 
 
-def one_error_line(result, status=2):
-  """The single `error: ...` line of a command that failed as the CLI promises."""
+def one_error_line(result, *fragments, status=2):
+  """The single `error: ...` line of a command that failed as the CLI promises
+  (exit `status`, no traceback), holding each of `fragments`."""
   assert result.returncode == status, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
   return errors[0]
 
 

@@ -1,6 +1,6 @@
 """Shared by the tests/test_robust_*.py files: a tiny MLP trained on random
-images (no MNIST needed, so these tests also run without ../shared), and the
-one-line error check for commands run in a subprocess."""
+images (no MNIST needed, so these tests also run without ../shared); its
+`run_cli` (a command in a new process) serves every test file that needs one."""
 
 import os
 import pathlib
@@ -45,16 +45,6 @@ def run_python(*args, env_extra=None, timeout=300):
 
 def run_cli(*args, **kwargs):
   return run_python("-m", "mnist_jax", *args, **kwargs)
-
-
-def error_line(result, exit_status=2):
-  """The one `error: ...` line of a failed command; asserts there is exactly
-  one, no traceback, and the exit status."""
-  assert result.returncode == exit_status, result.stderr[-3000:]
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1, result.stderr[-3000:]
-  return errors[0]
 
 
 def start_cli(*args, env_extra=None):

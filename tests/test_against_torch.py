@@ -19,7 +19,6 @@ from configs import frontier_cpu as frontier_config
 from configs import mlp as mlp_config
 from configs import speedrun as speedrun_config
 from helpers import one_error_line
-from mnist_jax import cli
 from mnist_jax.core import data
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
@@ -129,20 +128,13 @@ def test_benchmark_against_torch_adds_the_twins_columns(tmp_path):
   assert torch.get_num_threads() == against_torch.torch_threads()
 
 
-def run_benchmark_here(capsys, *args):
-  """`python -m mnist_jax benchmark ARGS` in this process: its exit status and stderr."""
-  with pytest.raises(SystemExit) as exited:
-    cli.run(["benchmark", *args, "--out", "unused.csv"])
-  return types.SimpleNamespace(returncode=exited.value.code, stderr=capsys.readouterr().err)
-
-
-def test_without_torch_the_command_says_how_to_install_it(capsys, monkeypatch):
+def test_without_torch_the_command_says_how_to_install_it(cli_here, monkeypatch):
   monkeypatch.setattr(benchmark, "build_cases", None)  # compiling would be a bug
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as uninstalled
   for name in ("against_torch", "torch_models"):  # as if never imported
     monkeypatch.delitem(sys.modules, f"mnist_jax.tools.{name}")
     monkeypatch.delattr(f"mnist_jax.tools.{name}")
-  error = one_error_line(run_benchmark_here(capsys, "--against", "torch"))
+  error = one_error_line(cli_here("benchmark", "--against", "torch", "--out", "unused.csv"))
   assert error == ("error: --against torch needs PyTorch, an optional extra: "
                    "pip install -e .[bench]")
 
@@ -153,6 +145,6 @@ def test_without_torch_the_command_says_how_to_install_it(capsys, monkeypatch):
     (["--against", "torch", "--configs", "configs/frontier_cpu.py"], "without augmentation"),
 ])
 def test_configs_without_a_twin_are_refused_before_compiling(args, fragment,
-                                                               capsys, monkeypatch):
+                                                               cli_here, monkeypatch):
   monkeypatch.setattr(benchmark, "build_cases", None)  # compiling would be a bug
-  assert fragment in one_error_line(run_benchmark_here(capsys, *args))
+  assert fragment in one_error_line(cli_here("benchmark", *args, "--out", "unused.csv"))

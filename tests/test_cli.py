@@ -9,7 +9,7 @@ import runpy
 import shutil
 import subprocess
 import sys
-from typing import NamedTuple
+import types
 
 import pytest
 
@@ -18,6 +18,8 @@ from mnist_jax.cli import command as command_lib, experiments as cli_experiments
 from mnist_jax.core import data, run_dir
 from mnist_jax.engine import loop
 from mnist_jax.studies import catalog, runner
+
+from helpers import one_error_line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,34 +33,11 @@ def run_cli(*args, env_extra=None, unset=("MNIST_DIR",), timeout=300, script=Non
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
-class Result(NamedTuple):
-  returncode: int
-  stdout: str
-  stderr: str
-
-
-def run_here(capsys, *args):
-  """The same entry point as `python -m mnist_jax ARGS`, in this process (fast)."""
-  with pytest.raises(SystemExit) as exited:
-    cli.run(list(args))
-  out, err = capsys.readouterr()
-  return Result(exited.value.code, out, err)
-
-
-def assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr
-  assert "Traceback" not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
-  assert len(errors) == 1, result.stderr
-  for fragment in fragments:
-    assert fragment in errors[0]
-
-
 def test_no_data_and_no_network_names_the_variable_and_files(cli_here, monkeypatch, tmp_path):
   monkeypatch.delenv("MNIST_DIR", raising=False)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run")
-  assert_one_line_error(result, "MNIST_DIR", "--data_dir", *data.MNIST_FILES)
+  one_error_line(result, "MNIST_DIR", "--data_dir", *data.MNIST_FILES)
 
 
 def test_data_dir_without_the_files_names_what_is_missing(cli_here, monkeypatch, tmp_path):
@@ -69,7 +48,7 @@ def test_data_dir_without_the_files_names_what_is_missing(cli_here, monkeypatch,
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "run",
                     "--data_dir", folder)
-  assert_one_line_error(result, "lacks", "t10k-labels-idx1-ubyte.gz")
+  one_error_line(result, "lacks", "t10k-labels-idx1-ubyte.gz")
 
 
 @pytest.mark.real_data
@@ -88,7 +67,7 @@ def test_corrupt_file_is_named(mnist_dir, tmp_path):
 def test_impossible_config_is_rejected_before_any_work(cli_here, tmp_path):
   result = cli_here("train", "--config", "configs/cnn.py", "--workdir", tmp_path / "run",
                     "--config.model.strides=(3,3,3)")
-  assert_one_line_error(result, "stage", "leaves nothing", "smaller strides")
+  one_error_line(result, "stage", "leaves nothing", "smaller strides")
   assert not (tmp_path / "run").exists()
 
 
@@ -96,13 +75,13 @@ def test_misspelt_override_is_an_error(tmp_path):
   # A real `python -m mnist_jax train` process; the other errors of train run in this one.
   result = run_cli("train", "--config", "configs/cnn.py", "--workdir", str(tmp_path / "run"),
                    "--config.num_epoch=3")
-  assert_one_line_error(result, "num_epoch", "num_epochs")
+  one_error_line(result, "num_epoch", "num_epochs")
 
 
 def test_unknown_command_and_missing_workdir(cli_here, tmp_path):
-  assert_one_line_error(cli_here("fit"), "unknown command 'fit'")
-  assert_one_line_error(cli_here("train", "--config", "configs/cnn.py"), "--workdir")
-  assert_one_line_error(cli_here("evaluate", "--workdir", tmp_path), "config.json not found")
+  one_error_line(cli_here("fit"), "unknown command 'fit'")
+  one_error_line(cli_here("train", "--config", "configs/cnn.py"), "--workdir")
+  one_error_line(cli_here("evaluate", "--workdir", tmp_path), "config.json not found")
 
 
 @pytest.mark.real_data
@@ -112,7 +91,7 @@ def test_batch_size_larger_than_the_data_is_rejected(cli_here, mnist_dir, tfds_d
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", tmp_path / "r",
                     "--data_dir", mnist_dir, "--config.data.train_split=train[:100]",
                     "--config.batch_size=128")
-  assert_one_line_error(result, "batch_size = 128", "100 training images")
+  one_error_line(result, "batch_size = 128", "100 training images")
 
 
 # A flag of another command, for every command: (argv, the foreign flag).
@@ -136,33 +115,33 @@ def test_every_command_is_checked_for_foreign_flags():
 
 
 @pytest.mark.parametrize("name", sorted(FOREIGN_FLAGS))
-def test_a_flag_of_another_command_is_an_error(name, capsys, tmp_path):
+def test_a_flag_of_another_command_is_an_error(name, cli_here, tmp_path):
   argv, flag = FOREIGN_FLAGS[name]
   workdir = tmp_path / "w"
-  result = run_here(capsys, *[a.replace("{w}", str(workdir)) for a in argv])
-  assert_one_line_error(result, f"{name}: Unknown command line flag '{flag}'",
-                        f"mnist_jax {name} -h")
+  result = cli_here(*[a.replace("{w}", str(workdir)) for a in argv])
+  one_error_line(result, f"{name}: Unknown command line flag '{flag}'",
+                 f"mnist_jax {name} -h")
   assert not workdir.exists()  # refused before any work
 
 
-def test_ctrl_c_ends_with_130_and_no_traceback(capsys, monkeypatch):
+def test_ctrl_c_ends_with_130_and_no_traceback(cli_here, monkeypatch):
   def interrupted(fv, args):
     raise KeyboardInterrupt
   monkeypatch.setitem(cli.COMMANDS, "plot",
                       dataclasses.replace(cli.COMMANDS["plot"], run=interrupted))
-  result = run_here(capsys, "plot", "--workdir", "w")
+  result = cli_here("plot", "--workdir", "w")
   assert result.returncode == 130 and result.stderr == "interrupted\n"
 
 
 def test_foreign_flag_through_python_dash_m(tmp_path):
   # A real `python -m mnist_jax evaluate` process.
   result = run_cli("evaluate", "--workdir", str(tmp_path), "--config", "configs/cnn.py")
-  assert_one_line_error(result, "Unknown command line flag 'config'")
+  one_error_line(result, "Unknown command line flag 'config'")
 
 
-def test_help_lists_only_the_commands_own_flags(capsys):
+def test_help_lists_only_the_commands_own_flags(cli_here):
   def flags_of(name):
-    result = run_here(capsys, name, "-h")
+    result = cli_here(name, "-h")
     assert result.returncode == 0 and result.stdout.startswith(
         f"usage: python -m mnist_jax {name}")
     return {line.split(":")[0].strip() for line in result.stdout.splitlines()
@@ -175,7 +154,7 @@ def test_help_lists_only_the_commands_own_flags(capsys):
                                  "--min_contrast", "--min_part", "--[no]deskew"}
   assert "--variants" in flags_of("benchmark") and "--workdir" not in flags_of("benchmark")
   assert {"--preset", "--[no]quick", "--[no]vmap_seeds"} <= flags_of("study")
-  overview = run_here(capsys, "--help").stdout
+  overview = cli_here("--help").stdout
   assert all(f"  {name} " in overview for name in cli.COMMANDS)
 
 
@@ -190,7 +169,7 @@ def test_config_overrides_are_typed_by_the_config_file():
   assert args == [] and config.batch_size == 128  # the rest as in the file
 
 
-def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
+def test_train_seeds_trains_one_workdir_per_seed(cli_here, tmp_path, monkeypatch):
   calls = []
 
   def fake_train_runs(config, seeds, workdirs, *, mnist_dir=None, force=False, **_):
@@ -199,7 +178,7 @@ def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
 
   monkeypatch.setattr(loop, "train_runs", fake_train_runs)
   monkeypatch.setenv("XLA_FLAGS", "")  # the command sets its GPU flag there
-  result = run_here(capsys, "train", "--config", "configs/mlp.py", "--workdir",
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir",
                     str(tmp_path), "--seeds", "0,2", "--config.num_epochs=1",
                     "--data_dir", "D", "--force")
   assert result.returncode == 0, result.stderr
@@ -212,19 +191,19 @@ def test_train_seeds_trains_one_workdir_per_seed(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("seeds", ["0,x", "1,1"])
-def test_train_refuses_bad_seeds(seeds, capsys, tmp_path):
-  result = run_here(capsys, "train", "--config", "configs/mlp.py", "--workdir",
+def test_train_refuses_bad_seeds(seeds, cli_here, tmp_path):
+  result = cli_here("train", "--config", "configs/mlp.py", "--workdir",
                     str(tmp_path / "w"), "--seeds", seeds)
-  assert_one_line_error(result, f"--seeds {seeds}")
+  one_error_line(result, f"--seeds {seeds}")
   assert not (tmp_path / "w").exists()
 
 
-def test_study_needs_a_known_name_and_preset(capsys, tmp_path):
+def test_study_needs_a_known_name_and_preset(cli_here, tmp_path):
   for argv in (["study", "kernel_sizes"], ["study"]):
-    assert_one_line_error(run_here(capsys, *argv), ", ".join(catalog.find_studies()))
-  result = run_here(capsys, "study", "kernel_size", "--preset", "gpu", "--out",
+    one_error_line(cli_here(*argv), ", ".join(catalog.find_studies()))
+  result = cli_here("study", "kernel_size", "--preset", "gpu", "--out",
                     str(tmp_path / "s"))
-  assert_one_line_error(result, "no preset 'gpu'", "cpu, full")
+  one_error_line(result, "no preset 'gpu'", "cpu, full")
   assert not (tmp_path / "s").exists()
 
 
@@ -238,27 +217,27 @@ def test_the_study_names_are_the_studies_in_experiments():
   assert set(declared) == {"mlp_vs_cnn", "robustness", "kernel_size", "stride", "lecun1998"}
 
 
-def test_frontier_refuses_an_unknown_recipe(capsys, tmp_path):
-  result = run_here(capsys, "frontier", "--recipe", "gpu", "--out", str(tmp_path / "f"))
-  assert_one_line_error(result, "--recipe gpu", "cpu, full")
+def test_frontier_refuses_an_unknown_recipe(cli_here, tmp_path):
+  result = cli_here("frontier", "--recipe", "gpu", "--out", str(tmp_path / "f"))
+  one_error_line(result, "--recipe gpu", "cpu, full")
 
 
-def test_frontier_takes_the_study_placement_flags(capsys, tmp_path):
+def test_frontier_takes_the_study_placement_flags(cli_here, tmp_path):
   # The flags reach the study runner's executor, which refuses an address
   # without --executor ray before any member trains.
-  result = run_here(capsys, "frontier", "--address", "10.0.0.1:6379", "--cpus_per_run",
+  result = cli_here("frontier", "--address", "10.0.0.1:6379", "--cpus_per_run",
                     "2", "--out", str(tmp_path / "f"))
-  assert_one_line_error(result, "--address names a Ray cluster: add --executor ray.")
+  one_error_line(result, "--address names a Ray cluster: add --executor ray.")
   assert not (tmp_path / "f").exists()
 
 
-def test_benchmark_refuses_bad_input_with_exit_2(capsys, tmp_path):
+def test_benchmark_refuses_bad_input_with_exit_2(cli_here, tmp_path):
   out = tmp_path / "b.csv"
   for extra in (["--seeds", "1"], ["--variants", "model.conv_impl"],
                 ["--variants", "model.conv_implementation=xla"], ["--rounds", "x"]):
-    result = run_here(capsys, "benchmark", "--configs", "configs/mlp.py", "--rounds",
+    result = cli_here("benchmark", "--configs", "configs/mlp.py", "--rounds",
                       "1", "--steps", "1", "--out", str(out), *extra)
-    assert_one_line_error(result)
+    one_error_line(result)
   assert not out.exists()
 
 
@@ -275,13 +254,13 @@ def fake_train_and_evaluate(config, workdir, **_):
 
 
 def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
-    capsys, tmp_path, monkeypatch):
+    cli_here, capsys, tmp_path, monkeypatch):
   # Training is faked (in this process): the real quick study trains 8 CNNs,
   # 408 s on the shared 2-core machine; tests/test_experiments.py trains studies.
   monkeypatch.setattr(runner, "train_and_evaluate", fake_train_and_evaluate)
   monkeypatch.setattr(data, "load_mnist", lambda *args, **kwargs: (None, None))
   out = tmp_path / "kernel_size"
-  result = run_here(capsys, "study", "kernel_size", "--quick", "--out", str(out))
+  result = cli_here("study", "kernel_size", "--quick", "--out", str(out))
   assert result.returncode == 0, result.stderr
   assert sorted(p.name for p in out.iterdir()) == [
       "cnn_k1", "cnn_k3", "cnn_k5", "cnn_k7", "figures", "tables", "train.lock"]
@@ -306,4 +285,6 @@ def test_study_quick_writes_its_tables_and_the_script_is_the_same_command(
   monkeypatch.setattr(sys, "argv", ["experiments/kernel_size.py", "--preset", "gpu"])
   with pytest.raises(SystemExit) as exited:
     runpy.run_path(str(REPO / "experiments" / "kernel_size.py"), run_name="__main__")
-  assert_one_line_error(Result(exited.value.code, *capsys.readouterr()), "no preset 'gpu'")
+  stderr = capsys.readouterr().err
+  one_error_line(types.SimpleNamespace(returncode=exited.value.code, stderr=stderr),
+                 "no preset 'gpu'")

@@ -1,4 +1,4 @@
-"""Input that used to end in a traceback, an abort or a silent surprise: config
+"""Input that could end in a traceback, an abort or a silent surprise: config
 files whose own code fails, seeds out of range, None in a field, a train split
 overlapping the test split, a model too large for the memory, a broken
 environment (XLA_FLAGS, JAX_PLATFORMS) and Ctrl-C at any point. Each is one
@@ -139,8 +139,8 @@ def _start(code, **kwargs):
 
 def test_ctrl_c_while_the_process_exits_is_interrupted_130(tmp_path):
   """JAX and orbax register atexit hooks when imported; a Ctrl-C while they
-  ran was a KeyboardInterrupt traceback and exit 0. A slow hook registered
-  before the command stands for them."""
+  run is an interruption too (130), not a KeyboardInterrupt traceback and
+  exit 0. A slow hook registered before the command stands for them."""
   proc = _start("""
       import atexit, time
       from mnist_jax import cli
@@ -182,7 +182,7 @@ def test_ctrl_c_just_after_the_final_line_is_interrupted_or_done(tmp_path, mnist
 ])
 def test_xla_flags_that_xla_cannot_parse_are_one_line(tmp_path, monkeypatch, xla_flags,
                                                       message):
-  """XLA aborted the process (a fatal log line) when its backend started; a
+  """XLA aborts the process (a fatal log line) when its backend starts; a
   child process asks XLA first, as in a fresh `python -m mnist_jax`."""
   monkeypatch.setenv("XLA_FLAGS", xla_flags)
   monkeypatch.setattr(runtime, "_backends_started", lambda: False)
@@ -196,7 +196,7 @@ def test_xla_flags_that_xla_cannot_parse_are_one_line(tmp_path, monkeypatch, xla
 @pytest.mark.slow
 @pytest.mark.parametrize("platforms", ["gpu", "cuda"])
 def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
-  """JAX_PLATFORMS=gpu on a CPU machine was a 42-52 line traceback."""
+  """JAX_PLATFORMS=gpu on a CPU machine: one line, not JAX's 42-52 line traceback."""
   import jax
   if jax.devices()[0].platform != "cpu":
     pytest.skip("this machine has a GPU")
@@ -215,7 +215,7 @@ def test_a_platform_that_is_not_here_is_one_line(tmp_path, platforms):
     (["frontier"], "runs/frontier/cpu")])
 def test_an_empty_out_is_refused_rather_than_the_default(tmp_path, monkeypatch, argv,
                                                          default):
-  """`--out=` wrote into the checkout's default folder."""
+  """`--out=` is refused, not taken as the default folder in the checkout."""
   monkeypatch.chdir(tmp_path)
   with pytest.raises(UserError, match=rf"--out is empty \(--out=\).*\({default}\)"):
     cli.main([*argv, "--out="])

@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds
 from mnist_jax import UserError
 from mnist_jax.core import data, runtime
 
+from helpers import one_error_line
+
 pytestmark = pytest.mark.real_data
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The splits of 10,000 images or more are read through tfds in the slow tier.
@@ -79,13 +81,6 @@ def run_cli(args, env_extra, prefix=()):
   return subprocess.run([*prefix, sys.executable, "-m", "mnist_jax", *args], cwd=REPO,
                         env=dict(os.environ, **env_extra), capture_output=True,
                         text=True, timeout=300)
-
-
-def assert_one_error_line(result, *fragments):
-  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-  (line,) = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
-  for fragment in fragments:
-    assert fragment in line, line
 
 
 @pytest.mark.parametrize("spec", SPLITS)
@@ -155,7 +150,7 @@ def test_the_cli_says_which_copy_to_delete(cached, cli_here, tmp_path, monkeypat
   (version_dir / "dataset_info.json").unlink()
   monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
   result = cli_here(*TRAIN_ONE_EPOCH, "--workdir", tmp_path / "run")
-  assert_one_error_line(result, "dataset_info.json is missing", f"delete {version_dir}")
+  one_error_line(result, "dataset_info.json is missing", f"delete {version_dir}")
 
 
 def as_non_root():
@@ -174,7 +169,7 @@ def test_a_read_only_tfds_dir_that_needs_preparing_is_one_line(mnist_dir, tmp_pa
   result = run_cli(TRAIN_ONE_EPOCH + ["--workdir", str(tmp_path / "run")],
                    {"TFDS_DATA_DIR": str(readonly / "tfds"), "MNIST_DIR": mnist_dir},
                    prefix=as_non_root())
-  assert_one_error_line(result, "read-only", "TFDS_DATA_DIR")
+  one_error_line(result, "read-only", "TFDS_DATA_DIR")
   assert not (readonly / "tfds").exists()
 
 

@@ -11,12 +11,11 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from robust_support import run_cli
 from mnist_jax.core import config as config_lib
 from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir
@@ -28,8 +27,7 @@ DIGITS = REPO / "examples" / "digits"
 
 def mnist_jax_command(*args, timeout=900):
   """`python -m mnist_jax ARGS` in a fresh process, as a user runs it."""
-  result = subprocess.run([sys.executable, "-m", "mnist_jax", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+  result = run_cli(*args, timeout=timeout)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return result.stdout
 

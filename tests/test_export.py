@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import one_error_line
+from robust_support import run_cli
 from mnist_jax.core import run_dir
 from mnist_jax.inference import trained as trained_lib
 
@@ -47,8 +48,7 @@ np.savez(sys.argv[3], **probabilities)
 
 
 def run_export(*args):
-  return subprocess.run([sys.executable, "-m", "mnist_jax", "export", *map(str, args)],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  return run_cli("export", *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

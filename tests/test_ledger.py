@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import UserError, cli
+from helpers import one_error_line
+from mnist_jax import UserError
 from mnist_jax.tools import benchmark, ledger
 from mnist_jax.tools.hlo_costs import Program
 from mnist_jax.tools.ledger import OpEvent
@@ -111,12 +112,8 @@ def test_ledger_refuses_flags_it_does_not_combine_with(monkeypatch):
 
 @pytest.mark.parametrize("extra", [["--seeds", "2"], ["--against", "torch"], ["--top", "0"],
                                    ["--steps", "0"]])
-def test_benchmark_ledger_refuses_bad_flags_in_one_line(capsys, tmp_path, extra):
+def test_benchmark_ledger_refuses_bad_flags_in_one_line(cli_here, tmp_path, extra):
   out = tmp_path / "ledger.json"
-  with pytest.raises(SystemExit) as exited:
-    cli.run(["benchmark", "--ledger", "--configs", "configs/mlp.py", "--ledger_out",
-             str(out), *extra])
-  err = capsys.readouterr().err
-  assert exited.value.code == 2 and "Traceback" not in err
-  assert len([l for l in err.splitlines() if l.startswith("error: ")]) == 1
+  one_error_line(cli_here("benchmark", "--ledger", "--configs", "configs/mlp.py",
+                          "--ledger_out", out, *extra))
   assert not out.exists()

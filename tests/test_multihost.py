@@ -22,13 +22,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_jax.core import run_dir
 from mnist_jax.inference import ensemble
 
 from helpers import CLI_ON_NPZ, REPO, checkpoint_steps, final_params, without_times
 from test_resume import wait_for_a_mid_epoch_checkpoint
+from test_tensorboard import points, reader
 from train_worker import STALL_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
@@ -152,16 +152,6 @@ def test_a_pair_killed_mid_epoch_resumes_to_the_one_process_run(runs):
   for x, y in zip(jax.tree.leaves(final_params(two)), jax.tree.leaves(final_params(one)),
                   strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-
-
-def reader(workdir):
-  events = EventAccumulator(str(workdir), size_guidance={"scalars": 0, "images": 0})
-  events.Reload()
-  return events
-
-
-def points(events, tag):
-  return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_events_and_the_grid_are_written_once_by_process_0(runs):

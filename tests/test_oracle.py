@@ -17,12 +17,7 @@ from mnist_jax.engine import state as state_lib
 from mnist_jax.engine import steps as steps_lib
 
 from configs import mlp as mlp_config
-
-
-def noise_batch(n=32, seed=0):
-  rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          "label": (np.arange(n) % 10).astype(np.int32)}
+from test_train import fixed_batch
 
 
 def mlp_loss_and_grads(params, images_BxHxWx1, labels_B):
@@ -71,7 +66,7 @@ def adam_moments(opt_state):
 def test_one_adam_step_of_the_mlp_is_the_numpy_oracles():
   config = mlp_config.get_config()
   state = state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=468)
-  batch = noise_batch()
+  batch = fixed_batch()
   params64 = as_float64(state.params)
   loss, grads = mlp_loss_and_grads(params64, batch["image"], batch["label"])
   opt = config.optimizer
@@ -98,7 +93,7 @@ def test_the_oracle_sees_a_wrong_gradient():
   """The comparison can fail: a gradient off by 1% in one layer is caught."""
   config = mlp_config.get_config()
   state = state_lib.create_train_state(config, jax.random.key(0), steps_per_epoch=468)
-  batch = noise_batch()
+  batch = fixed_batch()
   _, grads = mlp_loss_and_grads(as_float64(state.params), batch["image"], batch["label"])
   new_state, _ = jax.jit(steps_lib.train_step)(state, batch, jax.random.key(1))
   ours_mu, _ = adam_moments(new_state.opt_state)

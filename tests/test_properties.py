@@ -170,20 +170,13 @@ def _as_text(value):
   return repr(value) if isinstance(value, (float, tuple)) else str(value)
 
 
-def _field(config, dotted):
-  node = config
-  for key in dotted.split("."):
-    node = node[key]
-  return node
-
-
 @examples()
 @given(case=field_and_value())
 def test_a_command_line_override_gives_the_typed_value(case):
   path, name, value = case
   fv, _ = parse(COMMANDS["train"], ["--config", path, "--workdir", "unused",
                                     f"--config.{name}={_as_text(value)}"])
-  parsed = _field(fv.config, name)
+  parsed = config_lib.config_value(fv.config, name)
   assert parsed == value and type(parsed) is type(value), (name, value, parsed)
 
 

@@ -55,6 +55,6 @@ def test_a_local_ray_listens_on_loopback_only_and_ends_with_its_driver():
   deadline = time.monotonic() + 30
   while alive(ours - {driver.pid}) and time.monotonic() < deadline:
     time.sleep(0.5)
-  # The agents used to listen on for 60-120 s after their raylet was killed.
+  # Unguarded, the agents listen on for 60-120 s after their raylet is killed.
   assert alive(ours - {driver.pid}) == []
   assert time.monotonic() < deadline - 15  # gone within seconds

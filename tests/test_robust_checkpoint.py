@@ -25,8 +25,9 @@ from mnist_jax.engine.loop import train_and_evaluate
 from mnist_jax.engine.restore import restore_state
 
 from cli_on_npz import FULL_DISK_ENV
-from helpers import assert_same_bits, final_params, run_cli_on_npz, without_times
-from robust_support import OVERRIDES, error_line, random_data, tiny_config
+from helpers import (assert_same_bits, final_params, one_error_line, run_cli_on_npz,
+                     without_times)
+from robust_support import OVERRIDES, random_data, tiny_config
 
 
 class Stop(Exception):
@@ -71,7 +72,7 @@ def copy_run(source, tmp_path):
 
 
 def damage(workdir, how, step=None):
-  """Damages checkpoint `step` (the newest by default) as the issue did."""
+  """Damages checkpoint `step` (the newest by default) in the way `how` names."""
   step = step or checkpoint.manager(str(workdir)).latest_step()
   folder = os.path.join(run_dir.checkpoint_dir(str(workdir)), str(step))
   if how == "truncated":
@@ -189,7 +190,7 @@ def test_a_disk_that_fills_during_orbax_s_write_is_one_line_without_tracebacks(
              *(f"--config.{key}={value}" for key, value in OVERRIDES.items()))
   monkeypatch.setenv(FULL_DISK_ENV, "28")
   result = run_cli_on_npz(data, *command)
-  assert re.match("error: " + FULL_DISK, error_line(result))
+  assert re.match("error: " + FULL_DISK, one_error_line(result))
   assert "os_error_code" not in result.stderr, result.stderr[-3000:]
   monkeypatch.delenv(FULL_DISK_ENV)  # space freed
   again = run_cli_on_npz(data, *command)

@@ -13,7 +13,8 @@ from mnist_jax.core import run_dir
 from mnist_jax.core import workdir as workdir_lib
 from mnist_jax.engine.loop import train_and_evaluate
 
-from robust_support import error_line, random_data, run_cli, run_python, start_cli, tiny_config
+from helpers import one_error_line
+from robust_support import random_data, run_cli, run_python, start_cli, tiny_config
 
 MLP = ("train", "--config", "configs/mlp.py")
 
@@ -31,7 +32,7 @@ def test_train_on_a_workdir_another_process_trains_is_refused_at_once(tmp_path):
   workdir = str(tmp_path / "run")
   with workdir_lib.locked(workdir):
     result = run_cli(*MLP, "--workdir", workdir)
-  assert f"{workdir} is being trained by process {os.getpid()}" in error_line(result)
+  assert f"{workdir} is being trained by process {os.getpid()}" in one_error_line(result)
   assert not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE))
 
 
@@ -49,7 +50,7 @@ def wait_for_lock(proc, workdir, timeout=180):
 @pytest.mark.real_data
 def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
     mnist_dir, tfds_dir, tmp_path):
-  """The issue's case: both ran, crashed in orbax and left epochs 1,1,2,2.
+  """Unlocked, both would run, crash in orbax and leave epochs 1,1,2,2.
   The first holds the lock while it loads MNIST (~6 s) and trains 3 epochs of
   60,000 images; the second needs only its imports to reach the lock."""
   workdir = tmp_path / "run"
@@ -59,7 +60,7 @@ def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
   try:
     wait_for_lock(first, workdir)
     second = run_cli(*args, env_extra=env)
-    assert f"is being trained by process {first.pid}" in error_line(second)
+    assert f"is being trained by process {first.pid}" in one_error_line(second)
     _, err = first.communicate(timeout=600)
   finally:
     first.kill()
@@ -73,12 +74,12 @@ def test_two_train_commands_on_one_workdir_one_trains_and_one_is_refused(
     ("configs/mlp.py", "is a file, not a folder"),
 ])
 def test_a_workdir_that_cannot_hold_a_run_is_one_line(cli_here, workdir, message):
-  assert message in error_line(cli_here(*MLP, f"--workdir={workdir}"))
+  assert message in one_error_line(cli_here(*MLP, f"--workdir={workdir}"))
 
 
 def test_multihost_without_a_coordinator_is_one_line(tmp_path):
   result = run_cli(*MLP, "--workdir", tmp_path / "run", "--multihost")
-  assert "--multihost could not join" in error_line(result)
+  assert "--multihost could not join" in one_error_line(result)
   assert not (tmp_path / "run").exists()
 
 
@@ -102,7 +103,7 @@ def test_predict_reports_a_decompression_bomb_and_predicts_the_other_files(
   decompression_bomb(folder / "bomb.png")
   # The run's predictions are arbitrary: never called uncertain, for one wording.
   result = cli_here("predict", "--workdir", tiny_run, folder, "--uncertain_below", "0")
-  line = error_line(result, exit_status=1)
+  line = one_error_line(result, status=1)
   assert "bomb.png: too large to decode safely" in line
   assert "a_digit.png: The number is probably a" in result.stdout
 
@@ -112,19 +113,19 @@ def test_predict_checks_its_figure_path_before_predicting(cli_here, tiny_run, tm
   figure = tmp_path / "missing" / "out.png"
   result = cli_here("predict", "--workdir", tiny_run, tmp_path / "a_digit.png",
                    "--figure", figure)
-  assert f"folder {figure.parent} does not exist" in error_line(result)
+  assert f"folder {figure.parent} does not exist" in one_error_line(result)
   assert "The number is" not in result.stdout
 
 
 def test_ensemble_of_no_runs_says_so(cli_here):
-  assert "no runs given" in error_line(cli_here("ensemble", "--workdirs", ","))
+  assert "no runs given" in one_error_line(cli_here("ensemble", "--workdirs", ","))
 
 
 def test_a_study_whose_out_is_a_file_or_has_no_runs_is_one_line(cli_here, tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
   result = cli_here("study", "stride", "--quick", "--out", a_file)
-  assert f"--out {a_file} is a file" in error_line(result)
+  assert f"--out {a_file} is a file" in one_error_line(result)
   result = run_python("experiments/stride.py", "--quick", "--tables_only",
                       "--out", tmp_path / "empty")
-  assert "no finished runs of study" in error_line(result)
+  assert "no finished runs of study" in one_error_line(result)

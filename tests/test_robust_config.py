@@ -10,7 +10,8 @@ from mnist_jax import UserError, cli
 from mnist_jax.core import config as config_lib, splits
 from mnist_jax.core.models import build_model
 
-from robust_support import error_line, tiny_config
+from helpers import one_error_line
+from robust_support import tiny_config
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -86,7 +87,7 @@ def test_split_sizes_follow_tfds_slicing():
 def test_the_cli_rejects_them_before_touching_the_workdir(cli_here, tmp_path, flag, message):
   workdir = tmp_path / "run"
   result = cli_here("train", "--config", "configs/mlp.py", "--workdir", workdir, flag)
-  assert message in error_line(result)
+  assert message in one_error_line(result)
   assert not workdir.exists()
 
 
@@ -110,4 +111,4 @@ def test_a_config_file_that_is_missing_or_not_python_is_one_line(tmp_path, text,
 def test_the_command_line_says_so_in_one_line(cli_here, tmp_path):
   result = cli_here("train", f"--config={tmp_path / 'none.py'}", "--workdir", tmp_path / "run",
                    "--config.num_epochs=2")
-  assert "none.py does not exist" in error_line(result)
+  assert "none.py does not exist" in one_error_line(result)

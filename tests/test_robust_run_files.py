@@ -7,7 +7,6 @@ A tiny MLP trains in this process on random images (robust_support); the
 commands run in this process too, on random test images in place of MNIST.
 """
 
-import collections
 import errno
 import json
 import os
@@ -15,17 +14,16 @@ import shutil
 
 import pytest
 
-from mnist_jax import UserError, cli
+from mnist_jax import UserError
 from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir
 from mnist_jax.core import workdir as workdir_lib
 from mnist_jax.engine import checkpoint
 from mnist_jax.engine.loop import train_and_evaluate
 
-from helpers import assert_same_bits, final_params, without_times
+from helpers import assert_same_bits, final_params, one_error_line, without_times
 from robust_support import OVERRIDES, random_data, tiny_config
 
-Result = collections.namedtuple("Result", "code out err")
 # `train`'s flags for tiny_config(): the same config as the runs here.
 TINY_TRAIN = ["--config", "configs/mlp.py",
               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
@@ -60,23 +58,6 @@ def random_mnist(monkeypatch):
                       lambda *a, **k: (train_split, test_split))
 
 
-def command(capsys, *args):
-  """`python -m mnist_jax ARGS`, in this process: (exit status, stdout, stderr)."""
-  with pytest.raises(SystemExit) as exited:
-    cli.run([str(a) for a in args])
-  out, err = capsys.readouterr()
-  return Result(exited.value.code, out, err)
-
-
-def error_of(result):
-  """The one `error:` line of a failed command (status 2, no traceback)."""
-  assert result.code == 2, result
-  assert "Traceback" not in result.err
-  errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1, result.err
-  return errors[0]
-
-
 def files_in(folder):
   return sorted(os.path.relpath(os.path.join(d, f), folder)
                 for d, _, names in os.walk(folder) for f in names)
@@ -91,8 +72,9 @@ def files_in(folder):
 ])
 def test_a_resume_under_another_config_is_refused_before_config_json_is_written(
     run, override, difference):
-  """The issue's failures 2 (resumed at another learning rate) and 3 (another
-  model: its intact checkpoints called damaged)."""
+  """Without config.json, another config is still refused: neither resumed
+  at another learning rate nor, for another model, its intact checkpoints
+  called damaged."""
   os.remove(run / run_dir.CONFIG_FILE)
   before = files_in(run)
   with pytest.raises(UserError) as error:
@@ -103,24 +85,24 @@ def test_a_resume_under_another_config_is_refused_before_config_json_is_written(
   assert files_in(run) == before  # no config.json, no checkpoint touched
 
 
-def test_evaluating_under_a_swapped_config_json_is_refused(run, capsys):
+def test_evaluating_under_a_swapped_config_json_is_refused(run, cli_here):
   config = json.loads((run / run_dir.CONFIG_FILE).read_text())
   config["model"]["hidden_features"] = [8]
   (run / run_dir.CONFIG_FILE).write_text(json.dumps(config))
-  line = error_of(command(capsys, "evaluate", "--workdir", run))
+  line = one_error_line(cli_here("evaluate", "--workdir", run))
   assert "config.json is not the config that trained the checkpoint of step 40" in line
   assert "model.hidden_features: [16] -> [8]" in line and "damaged" not in line
 
 
 def test_checkpoints_saved_without_their_config_still_restore_and_resume(
-    run, finished, capsys):
+    run, finished, cli_here):
   """Checkpoints of older code have no config item: config.json stands for it."""
   for step in (28, 35, 40):
     shutil.rmtree(run_dir.checkpoint_dir(str(run)) + f"/{step}/config")
   mngr = checkpoint.manager(str(run))
   assert checkpoint.saved_config(mngr, 40) is None
   assert_same_bits(final_params(run), final_params(finished))
-  assert command(capsys, "evaluate", "--workdir", run).code == 0
+  assert cli_here("evaluate", "--workdir", run).returncode == 0
   train(run)  # the same config: complete, nothing to train
   assert run_dir.read_metrics(str(run)) == run_dir.read_metrics(str(finished))
 
@@ -139,8 +121,8 @@ def test_each_checkpoint_holds_its_config_and_its_hash(finished):
 @pytest.mark.parametrize("name", [workdir_lib.LOCK_FILE, run_dir.METRICS_FILE,
                                   run_dir.CONFIG_FILE])
 def test_a_planted_link_is_refused_and_its_target_left_alone(run, tmp_path, name):
-  """The issue's failure 4: train.lock's target was truncated to 0 bytes,
-  metrics.jsonl's appended through."""
+  """Followed, a link would have train.lock's target truncated to 0 bytes
+  and metrics.jsonl's appended to."""
   precious = tmp_path / "precious.txt"
   precious.write_text("mine\n")
   os.remove(run / name)
@@ -163,14 +145,14 @@ def test_a_planted_temporary_file_link_is_never_written_through(tmp_path):
 
 
 @pytest.mark.parametrize("folder", [run_dir.CHECKPOINT_DIR, run_dir.FIGURES_DIR])
-def test_a_folder_replaced_by_a_link_is_refused(run, tmp_path, capsys, folder):
+def test_a_folder_replaced_by_a_link_is_refused(run, tmp_path, cli_here, folder):
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   shutil.rmtree(run / folder, ignore_errors=True)
   os.symlink(elsewhere, run / folder)
   args = ("plot", "--workdir", run) if folder == run_dir.FIGURES_DIR else (
       "evaluate", "--workdir", run)
-  assert f"{folder} is a symbolic link" in error_of(command(capsys, *args))
+  assert f"{folder} is a symbolic link" in one_error_line(cli_here(*args))
   assert os.listdir(elsewhere) == []
 
 
@@ -184,14 +166,14 @@ BAD_CONFIGS = {"{garbage": "is not valid JSON", "": "is not valid JSON",
 
 @pytest.mark.parametrize("text", list(BAD_CONFIGS), ids=range(len(BAD_CONFIGS)))
 @pytest.mark.parametrize("name", ["evaluate", "plot", "ensemble", "train"])
-def test_a_damaged_config_json_is_one_line_for_every_command(run, tmp_path, capsys,
+def test_a_damaged_config_json_is_one_line_for_every_command(run, tmp_path, cli_here,
                                                              text, name):
-  """The issue's failure 1: JSONDecodeError tracebacks of 33-38 lines."""
+  """One error line, not a JSONDecodeError traceback."""
   (run / run_dir.CONFIG_FILE).write_text(text)
   args = {"evaluate": ["--workdir", run], "plot": ["--workdir", run],
           "ensemble": ["--workdirs", f"{run},{shutil.copytree(run, tmp_path / 'b')}"],
           "train": [*TINY_TRAIN, "--workdir", run]}[name]
-  line = error_of(command(capsys, name, *args))
+  line = one_error_line(cli_here(name, *args))
   if name == "train" and "many" in text:  # a valid config, compared key by key
     assert "holds a run with another config (" in line and "num_epochs: many -> 2" in line
     return
@@ -211,16 +193,16 @@ def _metric_lines(run):
     ({"test_loss": True}, "test_loss = True is not a number"),
 ])
 @pytest.mark.parametrize("line", [0, 1], ids=["first", "last"])
-def test_an_epoch_line_with_a_wrong_value_is_one_line_naming_it(run, capsys, change,
+def test_an_epoch_line_with_a_wrong_value_is_one_line_naming_it(run, cli_here, change,
                                                                  problem, line):
   lines = _metric_lines(run)
   lines[line].update(change)
   (run / run_dir.METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in lines))
-  message = error_of(command(capsys, "plot", "--workdir", run))
+  message = one_error_line(cli_here("plot", "--workdir", run))
   assert f"metrics.jsonl line {line + 1} is not an epoch line ({problem}" in message
 
 
-def test_an_epoch_line_missing_keys_is_one_line_naming_them(run, capsys):
+def test_an_epoch_line_missing_keys_is_one_line_naming_them(run, cli_here):
   lines = _metric_lines(run)
   del lines[0]["test_accuracy"], lines[0]["step"]
   (run / run_dir.METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in lines))
@@ -264,14 +246,14 @@ def test_a_cut_last_line_with_its_checkpoint_resumes_from_an_older_one(run, fini
   assert_same_bits(final_params(run), final_params(finished))
 
 
-def test_checkpoints_replaced_by_a_file_is_one_line_and_changes_nothing(run, capsys):
+def test_checkpoints_replaced_by_a_file_is_one_line_and_changes_nothing(run, cli_here):
   shutil.rmtree(run / run_dir.CHECKPOINT_DIR)
   (run / run_dir.CHECKPOINT_DIR).write_text("not a folder")
   before = (run / run_dir.METRICS_FILE).read_text()
   for args in (("evaluate", "--workdir", run),
                ("train", *TINY_TRAIN, "--workdir", run)):
-    assert "checkpoints is a file where the run keeps a folder" in error_of(
-        command(capsys, *args))
+    assert "checkpoints is a file where the run keeps a folder" in one_error_line(
+        cli_here(*args))
   assert (run / run_dir.METRICS_FILE).read_text() == before
 
 
@@ -290,37 +272,37 @@ def _failing_savefig(error):
      "writable"),
 ])
 def test_plot_on_a_full_disk_or_read_only_folder_is_one_line_leaving_no_file(
-    run, capsys, monkeypatch, error, message):
-  """The issue's failures 5 and 7: a PermissionError traceback; a traceback
-  and an empty PNG. (Injected: a test cannot count on mounting a tmpfs, and
+    run, cli_here, monkeypatch, error, message):
+  """A failed figure write is one line, with no PermissionError traceback
+  and no empty PNG left. (Injected: a test cannot count on mounting a tmpfs, and
   root writes read-only folders.)"""
   from matplotlib.figure import Figure
   monkeypatch.setattr(Figure, "savefig", _failing_savefig(error))
-  assert message in error_of(command(capsys, "plot", "--workdir", run))
+  assert message in one_error_line(cli_here("plot", "--workdir", run))
   assert os.listdir(run / run_dir.FIGURES_DIR) == []
 
 
-def test_a_run_folder_that_cannot_be_written_is_one_line(run, capsys, monkeypatch):
+def test_a_run_folder_that_cannot_be_written_is_one_line(run, cli_here, monkeypatch):
   def no(*args, **kwargs):
     raise PermissionError(errno.EROFS, "Read-only file system")
   monkeypatch.setattr(os, "makedirs", no)
   shutil.rmtree(run / run_dir.FIGURES_DIR, ignore_errors=True)
-  assert "figures (Read-only file system)" in error_of(command(capsys, "plot", "--workdir",
-                                                               run))
+  line = one_error_line(cli_here("plot", "--workdir", run))
+  assert "figures (Read-only file system)" in line
 
 
 def test_ensemble_out_must_be_a_folder_and_is_refused_before_any_work(run, tmp_path,
-                                                                      capsys):
-  """The issue's failure 6: `--out runs/a/config.json`, a FileExistsError."""
+                                                                      cli_here):
+  """`--out runs/a/config.json` is one line, not a FileExistsError."""
   other = shutil.copytree(run, tmp_path / "b")
   before = (run / run_dir.CONFIG_FILE).read_text()
   out = run / run_dir.CONFIG_FILE
-  line = error_of(command(capsys, "ensemble", "--workdirs", f"{run},{other}", "--out", out))
+  line = one_error_line(cli_here("ensemble", "--workdirs", f"{run},{other}", "--out", out))
   assert f"--out {out} is a file: --out names a folder" in line
   assert (run / run_dir.CONFIG_FILE).read_text() == before
 
 
-def test_ensemble_out_on_a_full_disk_leaves_no_file(run, tmp_path, capsys, monkeypatch):
+def test_ensemble_out_on_a_full_disk_leaves_no_file(run, tmp_path, cli_here, monkeypatch):
   other = shutil.copytree(run, tmp_path / "b")
   real_dump = json.dump
 
@@ -329,12 +311,12 @@ def test_ensemble_out_on_a_full_disk_leaves_no_file(run, tmp_path, capsys, monke
     raise ENOSPC
   monkeypatch.setattr(json, "dump", dump)
   out = tmp_path / "ensemble"
-  line = error_of(command(capsys, "ensemble", "--workdirs", f"{run},{other}", "--out", out))
+  line = one_error_line(cli_here("ensemble", "--workdirs", f"{run},{other}", "--out", out))
   assert "no space left on the device holding" in line and os.listdir(out) == []
 
 
 def test_a_full_disk_when_the_lock_is_taken_leaves_no_lock_file(tmp_path, monkeypatch):
-  """The issue's failure 7: an ENOSPC traceback and a 0-byte train.lock."""
+  """One line, not an ENOSPC traceback, and no 0-byte train.lock left."""
   monkeypatch.setattr(workdir_lib.os, "pwrite", lambda *a: (_ for _ in ()).throw(ENOSPC))
   with pytest.raises(UserError, match="no space left on the device holding .*train.lock"):
     train(tmp_path / "run")
@@ -368,47 +350,47 @@ def test_a_full_disk_while_writing_config_json_leaves_the_old_one(run, monkeypat
 
 # --- 7. evaluate names its checkpoint -----------------------------------------
 
-def test_evaluate_names_the_final_checkpoint_it_evaluated(run, capsys):
-  result = command(capsys, "evaluate", "--workdir", run)
-  assert result.code == 0 and result.err == ""
-  assert result.out.startswith("checkpoint of step 40, after epoch 2: test loss")
+def test_evaluate_names_the_final_checkpoint_it_evaluated(run, cli_here):
+  result = cli_here("evaluate", "--workdir", run)
+  assert result.returncode == 0 and result.stderr == ""
+  assert result.stdout.startswith("checkpoint of step 40, after epoch 2: test loss")
 
 
-def test_evaluate_warns_when_the_final_checkpoint_is_missing(run, capsys):
-  """The newest checkpoint deleted: an older one's accuracy, formerly unsaid."""
+def test_evaluate_warns_when_the_final_checkpoint_is_missing(run, cli_here):
+  """The newest checkpoint deleted: an older one's accuracy, said to be so."""
   shutil.rmtree(run_dir.checkpoint_dir(str(run)) + "/40")
-  result = command(capsys, "evaluate", "--workdir", run)
-  assert result.code == 0
-  assert result.out.startswith("checkpoint of step 35, epoch 2, batch 15: test loss")
-  assert "not the run's final one (step 40" in result.err
+  result = cli_here("evaluate", "--workdir", run)
+  assert result.returncode == 0
+  assert result.stdout.startswith("checkpoint of step 35, epoch 2, batch 15: test loss")
+  assert "not the run's final one (step 40" in result.stderr
 
 
-def test_evaluate_warns_that_an_unfinished_run_is_unfinished(run, capsys):
+def test_evaluate_warns_that_an_unfinished_run_is_unfinished(run, cli_here):
   lines = (run / run_dir.METRICS_FILE).read_text().splitlines(keepends=True)
   (run / run_dir.METRICS_FILE).write_text(lines[0])
   shutil.rmtree(run_dir.checkpoint_dir(str(run)) + "/40")
-  result = command(capsys, "evaluate", "--workdir", run)
-  assert result.code == 0 and "is unfinished" in result.err
+  result = cli_here("evaluate", "--workdir", run)
+  assert result.returncode == 0 and "is unfinished" in result.stderr
 
 
-def test_a_diverged_run_says_so_instead_of_its_numbers(tmp_path, capsys):
+def test_a_diverged_run_says_so_instead_of_its_numbers(tmp_path, cli_here):
   workdir = tmp_path / "run"
   with pytest.raises(UserError, match="training diverged"):
     train(workdir, **{"optimizer.learning_rate": 1e30})
   for name in ("evaluate", "plot"):
-    line = error_of(command(capsys, name, "--workdir", workdir))
+    line = one_error_line(cli_here(name, "--workdir", workdir))
     assert "stopped without a result (training diverged" in line
     assert "test loss" not in line
   train(workdir, num_epochs=1)  # no result yet: the workdir is free for a new start
   assert run_dir.read_divergence(str(workdir)) is None
-  assert command(capsys, "evaluate", "--workdir", workdir).code == 0
+  assert cli_here("evaluate", "--workdir", workdir).returncode == 0
 
 
 # --- 10. --force removes what the old run wrote --------------------------------
 
 def test_force_removes_everything_the_old_run_wrote_and_keeps_user_files(run, capfd):
-  """The issue's rough edge: --force over a study's run with another model
-  kept the old extras.json (the old parameter count) and event files."""
+  """--force over a study's run with another model keeps neither the old
+  extras.json (the old parameter count) nor its event files."""
   run_dir.update_extras(str(run), num_params=238_510)
   (run / run_dir.FIGURES_DIR).mkdir()
   (run / run_dir.FIGURES_DIR / "learning_curves.png").write_bytes(b"png")
@@ -433,8 +415,8 @@ def test_every_figure_plot_draws_is_one_force_removes():
   assert set(plots.FORMATS) == set(run_dir.FIGURE_FORMATS)
 
 
-def test_a_folder_in_place_of_a_run_file_is_one_line(run, capsys):
+def test_a_folder_in_place_of_a_run_file_is_one_line(run, cli_here):
   os.remove(run / run_dir.CONFIG_FILE)
   (run / run_dir.CONFIG_FILE).mkdir()
-  assert "config.json is a folder, not the file" in error_of(
-      command(capsys, "evaluate", "--workdir", run))
+  assert "config.json is a folder, not the file" in one_error_line(
+      cli_here("evaluate", "--workdir", run))

@@ -13,7 +13,7 @@ import pytest
 
 from mnist_jax.core import data, run_dir
 from mnist_jax.studies import runner
-from test_cli import assert_one_line_error, run_here
+from helpers import one_error_line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,27 +43,27 @@ def study_folder(tmp_path, **files):
   return folder
 
 
-def test_help_lists_the_study_files_of_the_folder(capsys, tmp_path):
+def test_help_lists_the_study_files_of_the_folder(cli_here, tmp_path):
   folder = study_folder(tmp_path)
-  result = run_here(capsys, "study", "-h", "--experiments_dir", str(folder))
+  result = cli_here("study", "-h", "--experiments_dir", str(folder))
   assert result.returncode == 0
   listing = result.stdout.split(f"studies in {folder}:\n", 1)[1].splitlines()
   assert listing == ["  width  Study 6: hidden width of the MLP, 16 against 32 units."]
   # The checkout's own studies, from its experiments/ folder.
-  listed = run_here(capsys, "study", "--help").stdout.split("studies in experiments:\n")[1]
+  listed = cli_here("study", "--help").stdout.split("studies in experiments:\n")[1]
   assert [line.split()[0] for line in listed.splitlines()] == [
       "kernel_size", "lecun1998", "mlp_vs_cnn", "robustness", "stride"]
 
 
-def test_a_study_file_must_match_its_name_and_declare_presets(capsys, tmp_path):
+def test_a_study_file_must_match_its_name_and_declare_presets(cli_here, tmp_path):
   wrong_name = WIDTH_STUDY.replace('Study("width"', 'Study("widths"')
   no_presets = WIDTH_STUDY.split("PRESETS")[0].replace('Study("width"', 'Study("bare"')
   folder = study_folder(tmp_path, renamed=wrong_name, bare=no_presets)
   for name, fragment in (("renamed", "declares the study 'widths'"),
                          ("bare", "declares no PRESETS"),
                          ("helpers", "use one of bare, renamed, width")):
-    result = run_here(capsys, "study", name, "--experiments_dir", str(folder))
-    assert_one_line_error(result, fragment)
+    result = cli_here("study", name, "--experiments_dir", str(folder))
+    one_error_line(result, fragment)
 
 
 def fake_train(config, workdir, **_):
@@ -87,9 +87,9 @@ def table_lines(out, name="width"):
   return (out / "tables" / f"{name}.md").read_text().splitlines()
 
 
-def test_points_and_seeds_run_part_of_a_study(capsys, tmp_path, faked_training):
+def test_points_and_seeds_run_part_of_a_study(cli_here, tmp_path, faked_training):
   folder, out = study_folder(tmp_path), tmp_path / "runs"
-  result = run_here(capsys, "study", "width", "--experiments_dir", str(folder), "--out",
+  result = cli_here("study", "width", "--experiments_dir", str(folder), "--out",
                     str(out), "--points", "w32", "--seeds", "2")
   assert result.returncode == 0, result.stderr
   assert sorted(p.name for p in out.iterdir()) == ["figures", "tables", "train.lock", "w32"]
@@ -102,14 +102,14 @@ def test_points_and_seeds_run_part_of_a_study(capsys, tmp_path, faked_training):
   for argv, fragment in ((["--points", "w64"], "no point 'w64': use some of w16, w32"),
                          (["--points="], "--points is empty"),
                          (["--seeds", "x"], "--seeds x"), (["--seeds="], "--seeds is empty")):
-    result = run_here(capsys, "study", "width", "--experiments_dir", str(folder),
+    result = cli_here("study", "width", "--experiments_dir", str(folder),
                       "--out", str(tmp_path / "other"), *argv)
-    assert_one_line_error(result, fragment)
+    one_error_line(result, fragment)
 
 
-def test_a_quick_table_states_the_quick_budget(capsys, tmp_path, faked_training):
+def test_a_quick_table_states_the_quick_budget(cli_here, tmp_path, faked_training):
   folder, out = study_folder(tmp_path), tmp_path / "runs"
-  result = run_here(capsys, "study", "width", "--experiments_dir", str(folder), "--out",
+  result = cli_here("study", "width", "--experiments_dir", str(folder), "--out",
                     str(out), "--quick")
   assert result.returncode == 0, result.stderr
   budget = [line for line in table_lines(out) if line.startswith("Budget")]
@@ -117,7 +117,7 @@ def test_a_quick_table_states_the_quick_budget(capsys, tmp_path, faked_training)
                     "(train[:1000]); 500 test images (test[:500]); seeds 0, 1; "
                     "preset cpu --quick."]
   # The same runs tabulated as the full preset: their configs are not its own.
-  result = run_here(capsys, "study", "width", "--experiments_dir", str(folder), "--out",
+  result = cli_here("study", "width", "--experiments_dir", str(folder), "--out",
                     str(out), "--tables_only", "--seeds", "0,1")
   assert result.returncode == 0, result.stderr
   budget = [line for line in table_lines(out) if line.startswith("Budget")]

@@ -36,7 +36,7 @@ def tiny_config(**overrides):
 
 
 def reader(workdir):
-  events = EventAccumulator(workdir, size_guidance={"scalars": 0, "images": 0})
+  events = EventAccumulator(str(workdir), size_guidance={"scalars": 0, "images": 0})
   events.Reload()
   return events
 

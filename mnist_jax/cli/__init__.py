@@ -85,7 +85,7 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
   except KeyboardInterrupt:
     code = interrupted()
   finally:
-    # Exiting runs JAX's and orbax's atexit hooks, where a Ctrl-C was a
+    # Exiting runs JAX's and orbax's atexit hooks, where a Ctrl-C would be a
     # KeyboardInterrupt traceback and exit status 0. Hooks run last-registered
     # first, so this one starts the exit: from then on Ctrl-C ends the process.
     atexit.register(signal.signal, signal.SIGINT, _exit_interrupted)

@@ -92,8 +92,8 @@ def use_eigen_cpu_convolutions() -> None:
   workers, a notebook) compiles the same kernels and a run gives the same bits
   wherever it is resumed or evaluated. A value already in XLA_FLAGS wins:
   `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
-  gives XLA's default (YNNPACK's convolutions, as every run before this change
-  was compiled). Older jaxlib builds, which do not know the flag (XLA stops a
+  gives XLA's default (YNNPACK's convolutions, with which RESULTS.md's
+  studies and the frontier runs were compiled). Older jaxlib builds, which do not know the flag (XLA stops a
   process at an unknown flag), are left alone, as are GPU and TPU backends,
   which ignore it.
   """
@@ -166,12 +166,12 @@ def check_xla_flags() -> None:
   XLA first, and only where XLA_FLAGS holds more than this project's own
   flags (a user's) and no backend has started yet."""
   value = os.environ.get("XLA_FLAGS", "")
-  mine = " ".join(_user_xla_flags(value))
-  if value in _CHECKED_XLA_FLAGS or not mine or _backends_started():
+  users = " ".join(_user_xla_flags(value))
+  if value in _CHECKED_XLA_FLAGS or not users or _backends_started():
     return
   not_flags = [word for word in value.split() if not word.startswith("--")]
   if not_flags:
-    raise UserError(f"XLA_FLAGS={mine!r}: {not_flags[0]!r} is no flag; XLA takes "
+    raise UserError(f"XLA_FLAGS={users!r}: {not_flags[0]!r} is no flag; XLA takes "
                     "--name=value words: correct or unset XLA_FLAGS.")
   probe = subprocess.run([sys.executable, "-c", "from jaxlib import xla_client; "
                           "xla_client.CompileOptions()"],  # parses XLA_FLAGS
@@ -179,7 +179,7 @@ def check_xla_flags() -> None:
   if probe.returncode != 0:
     lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line]
     why = (lines or probe.stderr.splitlines() or ["XLA stopped"])[-1].split("] ", 1)[-1]
-    raise UserError(f"XLA_FLAGS={mine!r} stops XLA ({why.strip()}): correct or unset "
+    raise UserError(f"XLA_FLAGS={users!r} stops XLA ({why.strip()}): correct or unset "
                     "XLA_FLAGS.")
   _CHECKED_XLA_FLAGS.add(value)
 

@@ -2,14 +2,13 @@
 is read, and turned into the examples tfds would read, in tfds's order.
 
 A config names its data as tfds split strings ('train', 'train[:10%]',
-'train[50000:]+test'). A bad one used to surface only when tfds read the
-data, after the workdir was claimed; an empty one never reached data.py's
-"split is empty" message. tfds's parser needs only the shard lengths of each
+'train[50000:]+test'). Checked here, a bad or empty one is refused before
+the workdir is claimed, not when tfds reads the data. tfds's parser needs only the shard lengths of each
 split, so it reads no data and does not import TensorFlow. (Not in config.py:
 studies/spec.py imports config.py and must not import tfds, an import-linter
 contract.)
 
-Why tfds's parser and not a copy of it (branch `perf` had one): importing
+Why tfds's parser and not a copy of it: importing
 tfds (without TensorFlow) after jax/flax/optax/orbax costs 0.21-0.30 CPU s
 (3 runs, 2-core CPU at load 15-17; 0.3-0.6 s wall when quieter), under a
 tenth of the 3 s start-up budget (docs/performance.md, "Fixed costs of a

@@ -27,9 +27,9 @@ Every checkpoint also holds the config that trained it (a `config` item: the
 config as config.json stores it, and its SHA-256), so a resume or an
 evaluation under another config (a config.json deleted or edited) is refused
 in one line that lists the differences, before anything is written or a
-state is read with the wrong shapes. A checkpoint saved without the item
-(by older code) restores as before: its config is unknown, and config.json
-is taken for it.
+state is read with the wrong shapes. A checkpoint without the item (saved
+by older code) still restores: its config is unknown, and config.json is
+taken for it.
 
 A checkpoint that cannot be read (a truncated data file, a deleted
 `_METADATA` or item: orbax raises ValueError, KeyError or a bare Exception,

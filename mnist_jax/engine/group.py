@@ -2,7 +2,7 @@
 
 What stays fixed while a group trains (`Group`), and how the loop holds
 per-seed values: with one seed, that run's own state, sums and keys (no
-vmap: a single run is exactly what it was before groups existed); with
+vmap: one seed trains the plain, unbatched program); with
 several, the seeds' values stacked along a leading axis, on which the step
 functions run under jax.vmap. `join_seeds` and `Group.part` are the only
 places that know the difference.

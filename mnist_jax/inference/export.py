@@ -58,12 +58,12 @@ def export_run(workdir: str, out: str) -> Dict:
   try:
     os.makedirs(staging)
   except OSError as e:
-    raise _write_error(e, out) from None
+    raise run_dir.write_error(e, out, "--out") from None
   try:
     metadata = _write_all(trained, workdir, staging)
     os.rename(staging, out)
   except OSError as e:
-    raise _write_error(e, out) from None
+    raise run_dir.write_error(e, out, "--out") from None
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return metadata
@@ -77,11 +77,6 @@ def _check_finished(workdir: str) -> None:
     raise UserError(f"{workdir!r} is not a finished run ({epochs} of "
                     f"{config.num_epochs} epochs trained): finish it first (the same "
                     "`train` command resumes it), then export it.")
-
-
-def _write_error(error: OSError, out: str) -> UserError:
-  return UserError(f"cannot write {out} ({error.strerror or error}): choose another "
-                   "--out, or make room on its disk, and run the command again.")
 
 
 def _write_all(trained: TrainedModel, workdir: str, folder: str) -> Dict:

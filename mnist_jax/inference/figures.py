@@ -1,7 +1,8 @@
 """Figures of a trained run, one function each, drawn with matplotlib.
 
-Every figure is a `matplotlib.figure.Figure` of a fixed size (FIGSIZES, at DPI
-dots per inch), so a PNG's pixel size is known in advance. Figures are made
+Every figure of a run is a `matplotlib.figure.Figure` of a fixed size
+(FIGSIZES, at DPI dots per inch), so a PNG's pixel size is known in advance;
+`predict --figure`'s grows with the pictures and steps it shows. Figures are made
 without pyplot: no global state and no display, PNGs rendered by Agg.
 `mnist_jax.inference.plots.make_figures` builds them all from a run directory.
 """
@@ -216,14 +217,6 @@ def softmax_bars(image_HxWx1: np.ndarray, probs_C: np.ndarray, title: str) -> Fi
              ylim=(0, 1.1),
              title=f"Softmax output: probably a {best} ({probs_C[best]:.1%})")
   return fig
-
-
-def prediction_grid(images: np.ndarray, titles: Sequence[str]) -> Figure:
-  """User images as the network saw them (after preprocessing), with predictions."""
-  cols = min(len(images), 6)
-  rows = -(-len(images) // cols)
-  return image_grid(images, titles, cols, (2.0 * cols, 2.3 * rows + 0.5),
-                    "Your images as the network saw them", fontsize=9)
 
 
 def preprocessing_steps(steps: Sequence[Dict[str, np.ndarray]], titles: Sequence[str],

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
+from mnist_jax.studies import ray_guard
 from mnist_jax.studies.spec import Run
 
 EXECUTORS = ("inline", "ray")
@@ -240,16 +241,7 @@ _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def _child_raylet() -> Optional[int]:
   """The PID of the raylet this process started (Linux's /proc), or None."""
-  for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
-    try:
-      with open(f"/proc/{name}/stat") as f:
-        fields = f.read().rsplit(")", 1)
-    except OSError:
-      continue
-    comm = fields[0].split("(", 1)[-1]
-    if comm == "raylet" and int(fields[1].split()[1]) == os.getpid():
-      return int(name)
-  return None
+  return next(iter(ray_guard.children(os.getpid(), "raylet")), None)
 
 
 def _result(ray, ref, job: Job) -> Outcome:

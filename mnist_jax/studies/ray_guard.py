@@ -25,23 +25,26 @@ from typing import Dict, Optional, Tuple
 POLL_S = 1.0
 
 
-def _stat(pid: int) -> Optional[Tuple[int, int]]:
-  """(parent PID, start time in clock ticks) of `pid` from /proc; None if gone."""
+def _stat(pid: int) -> Optional[Tuple[str, int, int]]:
+  """(command name, parent PID, start time in clock ticks) of `pid` from
+  /proc; None if gone."""
   try:
     with open(f"/proc/{pid}/stat") as f:
-      fields = f.read().rsplit(")", 1)[1].split()  # after the command's name
-  except (OSError, IndexError):
+      head, tail = f.read().rsplit(")", 1)  # the name may hold ')' itself
+  except (OSError, ValueError):
     return None
-  return int(fields[1]), int(fields[19])
+  fields = tail.split()
+  return head.split("(", 1)[-1], int(fields[1]), int(fields[19])
 
 
-def children(parent: int) -> Dict[int, int]:
-  """{PID: start time} of the processes whose parent is `parent`."""
+def children(parent: int, command: Optional[str] = None) -> Dict[int, int]:
+  """{PID: start time} of the processes whose parent is `parent` (and whose
+  command name is `command`, if given); {} without /proc."""
   found = {}
-  for name in os.listdir("/proc"):
+  for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
     stat = _stat(int(name)) if name.isdigit() else None
-    if stat is not None and stat[0] == parent:
-      found[int(name)] = stat[1]
+    if stat is not None and stat[1] == parent and command in (None, stat[0]):
+      found[int(name)] = stat[2]
   return found
 
 
@@ -54,7 +57,7 @@ def main(raylet: int) -> None:
       break  # the driver closed the pipe, or died
   for pid, started in seen.items():
     stat = _stat(pid)
-    if stat is not None and stat[1] == started:
+    if stat is not None and stat[2] == started:
       try:
         os.kill(pid, signal.SIGKILL)
       except OSError:
