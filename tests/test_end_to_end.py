@@ -183,7 +183,7 @@ def test_make_results_reads_the_studies_and_the_frontier(studies_dir, frontier_d
   for name in STUDY_POINTS:
     section = make_results.study_section(name, "cpu", str(studies_dir / name / "cpu"),
                                          str(tmp_path))
-    assert section.startswith(f"## {make_results.TITLES[name]}")
+    assert section.startswith(f"## {make_results.title(name)}")
     assert "Not run yet" not in section and "| " in section, section[:500]
     assert re.search(r"runs finished \d{4}-\d\d-\d\d", section)
   assert len(list(tmp_path.glob("*.png"))) >= len(STUDY_POINTS)  # the figures, copied

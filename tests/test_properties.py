@@ -233,12 +233,15 @@ def test_a_misspelt_field_or_a_wrong_type_is_one_error_line(case, tmp_path_facto
 @st.composite
 def strokes(draw):
   """A 'digit': 1-3 polylines of 2-5 points in the unit square, touching its
-  top and bottom (so the drawing's height is its scale)."""
+  top and bottom (so the drawing's height is its scale), with at least the
+  ink of one stroke across the square (not a dot and a dash far apart)."""
   lines = draw(st.lists(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)),
                                  min_size=2, max_size=5), min_size=1, max_size=3))
   ys = [y for line in lines for _, y in line]
   xs = [x for line in lines for x, _ in line]
-  assume(max(ys) - min(ys) > 0.5 and max(xs) - min(xs) > 0.2)  # not a dot or a bar
+  length = sum(np.hypot(x1 - x0, y1 - y0) for line in lines
+               for (x0, y0), (x1, y1) in zip(line, line[1:]))
+  assume(max(ys) - min(ys) > 0.5 and max(xs) - min(xs) > 0.2 and length > 1.0)
   return lines
 
 
@@ -246,13 +249,16 @@ def strokes(draw):
 def renderings(draw):
   """How a digit is put on the page: (height in pixels, offset in the page's
   margins as fractions, dark ink on light paper?, image mode)."""
-  return (draw(st.integers(30, 200)), draw(st.floats(0, 1)), draw(st.floats(0, 1)),
+  # From 48 pixels up, the pen's width (8% of the height, whole pixels) keeps
+  # the digit's proportions within 12%: below, a pixel of rounding changes them
+  # by up to 40%, and two sizes would no longer be the same digit.
+  return (draw(st.integers(48, 200)), draw(st.floats(0, 1)), draw(st.floats(0, 1)),
           draw(st.booleans()), draw(st.sampled_from(["L", "RGB", "RGBA"])))
 
 
 def draw_digit(lines, rendering) -> Image.Image:
   height, fx, fy, dark_ink, mode = rendering
-  width = max(2, round(height * 0.08))  # the pen scales with the digit
+  width = round(height * 0.08)  # the pen scales with the digit
   margin = width + 4
   page_w, page_h = height + 2 * margin + 40, height + 2 * margin + 30
   left, top = margin + fx * 40, margin + fy * 30

@@ -139,11 +139,12 @@ def init_multihost(coordinator_address: Optional[str] = None,
 
 
 def device_memory_bytes() -> int:
-  """Memory one training copy of a model can use: the first device's limit
-  (GPU, TPU), else the host's available memory (Linux's MemAvailable, which
-  counts reclaimable caches; else all its memory)."""
+  """Memory one training copy of a model can use: the limit of this process's
+  first device (GPU, TPU; another process's devices report nothing here), else
+  the host's available memory (Linux's MemAvailable, which counts reclaimable
+  caches; else all its memory)."""
   import jax
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
   try:

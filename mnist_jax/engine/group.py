@@ -133,12 +133,15 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 def claim_workdirs(workdirs: Sequence[str], configs: Sequence[ml_collections.ConfigDict],
                    force: bool) -> None:
-  """Process 0 checks/claims every workdir (run_dir.claim); the others wait.
-  Without `force`, each workdir's checkpoints are checked to have been
-  trained by its config before its config.json is written."""
+  """Process 0 claims every workdir (run_dir.claim); the others wait.
+  Without `force`, each workdir's checkpoints are first checked to have been
+  trained by its config, before any config.json is written: by every process,
+  since opening orbax's checkpoint manager is a collective step of a
+  multi-process run (all processes read the same files, so all agree)."""
+  if not force:
+    for workdir, config in zip(workdirs, configs):
+      checkpoint.check_resumable(workdir, run_dir.config_as_dict(config))
   if jax.process_index() == 0:
     for workdir, config in zip(workdirs, configs):
-      if not force:
-        checkpoint.check_resumable(workdir, run_dir.config_as_dict(config))
       run_dir.claim(workdir, config, force)
   multihost_utils.sync_global_devices("mnist_jax: workdir claimed")
