@@ -189,7 +189,7 @@ def test_make_results_reads_the_studies_and_the_frontier(studies_dir, frontier_d
   assert len(list(tmp_path.glob("*.png"))) >= len(STUDY_POINTS)  # the figures, copied
   frontier = make_results.frontier_section(str(frontier_dir))
   assert "ensemble of 2, majority vote" in frontier
-  assert "Not run yet: it needs a GPU/TPU" in frontier  # the `full` recipe
+  assert "Not run yet: it needs a GPU or TPU" in frontier  # the `full` recipe
 
 
 # ---------------------------------------------------------------- the measuring tools

@@ -232,17 +232,30 @@ def test_a_misspelt_field_or_a_wrong_type_is_one_error_line(case, tmp_path_facto
 
 @st.composite
 def strokes(draw):
-  """A 'digit': 1-3 polylines of 2-5 points in the unit square, touching its
-  top and bottom (so the drawing's height is its scale), with at least the
-  ink of one stroke across the square (not a dot and a dash far apart)."""
-  lines = draw(st.lists(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)),
-                                 min_size=2, max_size=5), min_size=1, max_size=3))
+  """A 'digit': 1-3 polylines of 2-5 points in the unit square, each one
+  starting on a point of the one before (a digit's strokes touch: pieces
+  apart are what preprocessing drops as specks), touching the square's top
+  and bottom (so the drawing's height is its scale), with at least the ink
+  of one stroke across the square (not a dot and a dash)."""
+  point = st.tuples(st.floats(0, 1), st.floats(0, 1))
+  lines = draw(st.lists(st.lists(point, min_size=2, max_size=5), min_size=1, max_size=3))
+  for i in range(1, len(lines)):
+    lines[i] = [draw(st.sampled_from(lines[i - 1]))] + lines[i][1:]
   ys = [y for line in lines for _, y in line]
   xs = [x for line in lines for x, _ in line]
   length = sum(np.hypot(x1 - x0, y1 - y0) for line in lines
                for (x0, y0), (x1, y1) in zip(line, line[1:]))
   assume(max(ys) - min(ys) > 0.5 and max(xs) - min(xs) > 0.2 and length > 1.0)
+  # Preprocessing removes long straight horizontal and vertical lines as ruled
+  # lines and paper edges (docs/inference.md), so no stroke here is one.
+  assume(not any(_ruled(a, b) for line in lines for a, b in zip(line, line[1:])))
   return lines
+
+
+def _ruled(a, b) -> bool:
+  """Is the segment a..b (unit square) a long, nearly axis-parallel line?"""
+  dx, dy = abs(b[0] - a[0]), abs(b[1] - a[1])
+  return max(dx, dy) > 0.6 and min(dx, dy) < 0.1 * max(dx, dy)
 
 
 @st.composite
