@@ -5,6 +5,7 @@ Config files in configs/ start from `base_config()` and set `config.model`.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 import os
@@ -316,6 +317,35 @@ _TEXT_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
                  float: flags.FloatParser(), tuple: tuple_parser.TupleParser()}
 
 
+def split_text_lists(config: ml_collections.ConfigDict) -> None:
+  """Each tuple field of `config` as `text_list` reads it."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      split_text_lists(value)
+    elif isinstance(value, tuple) and text_list(value) != value:
+      config[key] = text_list(value)
+
+
+def text_list(value: tuple) -> tuple:
+  """`value`, or its one text split at its commas.
+
+  The tuple parser reads `--config.model.activations=gelu,gelu` and
+  `=(relu, tanh)` (names without quotes, which Python's literal syntax does
+  not read) as one text, ('gelu,gelu',); the list meant is ('gelu', 'gelu').
+  """
+  if len(value) != 1 or not isinstance(value[0], str) or "," not in value[0]:
+    return value
+  parts = (part.strip(" '\"") for part in value[0].strip("()[] ").split(","))
+  return tuple(_literal_or_text(part) for part in parts if part)
+
+
+def _literal_or_text(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def _from_text(field_type: type, dotted: str, text: str) -> Any:
   if field_type is str:
     return text
@@ -324,7 +354,8 @@ def _from_text(field_type: type, dotted: str, text: str) -> Any:
     raise UserError(f"config.{dotted} holds a {field_type.__name__}, which cannot be "
                     "set from text: set it in a config file.")
   try:
-    return parser.parse(text)
+    value = parser.parse(text)
+    return text_list(value) if field_type is tuple else value
   except ValueError:
     wanted = "true or false" if field_type is bool else f"a valid {field_type.__name__}"
     raise UserError(f"config.{dotted} = {text!r}: it is not {wanted}.") from None
