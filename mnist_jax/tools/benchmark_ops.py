@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.tools.benchmark import print_table
+from mnist_jax.core import runtime
 from mnist_jax.core.config import load_config_file
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.cnn import INPUT_SIZE
@@ -107,6 +108,7 @@ def main(argv=None) -> List[Dict]:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args(argv)
+  runtime.setup_xla()  # the programs the CLI's runs compile
   model_cfg = load_config_file(args.config).model
   rows = conv_rows(model_cfg, args.batch, args.repeats) + pool_rows(
       model_cfg, args.batch, args.repeats)
