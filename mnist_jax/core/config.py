@@ -26,18 +26,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 MAX_SEED = 2**32 - 1
 
 
-# Model keys added to the config files after runs were saved, each with the
-# value that keeps those runs' behaviour: a saved config.json without one
-# describes the same run (core/run_dir.config_differences).
-ADDED_MODEL_DEFAULTS = {"padding": "same", "pool_before_norm": False}
-
-
-def added_model_value(model_config: ml_collections.ConfigDict, key: str) -> Any:
-  """`model_config[key]`, or ADDED_MODEL_DEFAULTS' value for a config saved
-  before the key existed."""
-  return model_config.get(key, ADDED_MODEL_DEFAULTS[key])
-
-
 def base_config() -> ml_collections.ConfigDict:
   """Training settings common to all models (the model block is left to callers)."""
   config = ml_collections.ConfigDict()
@@ -289,15 +277,6 @@ def checked_config(path: str, config: Any) -> ml_collections.ConfigDict:
     raise UserError(f"get_config() of the config file {path} returned {what}: it must "
                     "return an ml_collections.ConfigDict, e.g. base_config() with its "
                     "model set (see configs/mlp.py).")
-  return config
-
-
-def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A run's saved config (config.json) with base_config()'s default for every
-  field it lacks: a run written before a field existed behaved as its default
-  (e.g. `select` = 'last'), so readers can use `config.select` on any run."""
-  config = base_config()
-  config.update(saved)  # recursive: saved values win, block by block
   return config
 
 
