@@ -57,3 +57,15 @@ def test_a_config_json_of_a_newer_format_is_one_clear_error(tmp_path):
   with pytest.raises(UserError, match="format_version 3, which this version of "
                                       "mnist_jax .format 2. cannot read"):
     run_dir.read_config(str(tmp_path))
+
+
+def test_a_model_key_a_run_lacks_is_its_attribute_default(tmp_path):
+  """A key added to the model's attributes and its config file later: the
+  saved run was built with the default, so only another value is a change."""
+  saved = run_dir.config_as_dict(speedrun_config.get_config())
+  today = speedrun_config.get_config()
+  today.model.conv_type = "conv"  # CNN's default; the speedrun's file leaves it out
+  assert run_dir.config_differences(saved, run_dir.config_as_dict(today)) == []
+  today.model.conv_type = "local"
+  assert run_dir.config_differences(saved, run_dir.config_as_dict(today)) == [
+      "model.conv_type: (absent) -> local"]

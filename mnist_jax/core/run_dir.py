@@ -200,11 +200,13 @@ def config_differences(saved: Dict, new: Dict) -> List[str]:
   """'key: saved -> new' for every leaf that differs, missing ones included.
 
   `saved` is in today's format (run_format.upgraded). A key it lacks but
-  whose new value is base_config's default is no difference: it was added
-  after the run was saved, and its default keeps the old behaviour.
+  whose new value is its default (base_config's, or the model's attribute
+  default) is no difference: it was added after the run was saved, and its
+  default keeps the old behaviour.
   """
   a, b = _flatten(saved), _flatten(new)
   defaults = _flatten(config_as_dict(config_lib.base_config()))
+  defaults.update(_flatten({"model": run_format.model_defaults(new.get("model"))}))
   a.update({k: v for k, v in b.items()
             if k not in a and k in defaults and defaults[k] == v})
   return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"

@@ -5,13 +5,16 @@ config.json records the format it was written in (`format_version`); a run
 without the number has version 1. Reading a run's config upgrades it one
 version at a time to FORMAT_VERSION (`_UPGRADES`), then gives every field
 of base_config() that the run lacks its default (a field added to
-base_config keeps the old behaviour as its default, docs/extending.md).
+base_config keeps the old behaviour as its default, docs/extending.md);
+a model key the run lacks is the model's attribute default, both when the
+model is built and when configs are compared (`model_defaults`).
 A change to what a saved config means adds a version: FORMAT_VERSION + 1
 and the step that rewrites a config of the version before.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Dict, Mapping
 
 import ml_collections
@@ -40,6 +43,20 @@ def _cnn_keys_written_out(saved: Dict[str, Any]) -> Dict[str, Any]:
 # version v -> the step that rewrites a config of version v as version v + 1.
 _UPGRADES: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     1: _cnn_keys_written_out}
+
+
+def model_defaults(model: Any) -> Dict[str, Any]:
+  """{attribute: default} of the model that the model block `model` names,
+  in config.json's form: the values a run saved before the attribute was a
+  config key was built with."""
+  if not isinstance(model, Mapping):
+    return {}
+  from mnist_jax.core import models  # flax: only where configs are compared
+  try:
+    defaults = models.attribute_defaults(models.model_class(model.get("name")))
+  except UserError:  # a model that cannot be found: building it says why
+    return {}
+  return json.loads(json.dumps(defaults))  # tuples as lists
 
 
 def stamped(config_dict: Mapping[str, Any]) -> Dict[str, Any]:

@@ -88,6 +88,12 @@ def attribute_names(model_class_: Type[nn.Module]) -> tuple:
                if f.init and f.name not in _FLAX_FIELDS)
 
 
+def attribute_defaults(model_class_: Type[nn.Module]) -> Dict[str, Any]:
+  """{attribute: default} for the attributes a config can set that have one."""
+  return {f.name: f.default for f in dataclasses.fields(model_class_)
+          if f.name in attribute_names(model_class_) and f.default is not dataclasses.MISSING}
+
+
 def _as_attribute(value: Any) -> Any:
   """A config value as a module attribute: lists (config.json's form) as
   tuples, so that every attribute is hashable."""
