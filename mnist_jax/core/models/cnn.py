@@ -94,8 +94,8 @@ class CNN(nn.Module):
     return batch_norm(train, name)(x) if self.batch_norm else x
 
   def stages(self) -> List[Stage]:
-    """Each conv stage's settings; a per-stage attribute with one entry gives
-    it to every stage, so the number of stages is the longest list's."""
+    """Each conv stage's settings. A per-stage attribute with one entry gives
+    it to every stage; the lists longer than one give the number of stages."""
     entries = {name: _entries(getattr(self, name)) for name in PER_STAGE}
     longer = {name: len(e) for name, e in entries.items() if len(e) != 1}
     if len(set(longer.values())) > 1:
