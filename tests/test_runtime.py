@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -69,7 +70,9 @@ def test_importing_mnist_jax_leaves_xla_flags_alone():
 
 def test_every_command_sets_the_convolution_flag(cli_here, monkeypatch):
   monkeypatch.delenv("XLA_FLAGS")
-  result = cli_here("evaluate", "--workdir", "/nonexistent/run")
+  with warnings.catch_warnings():  # this process's JAX may have started: it says so
+    warnings.simplefilter("ignore", UserWarning)
+    result = cli_here("evaluate", "--workdir", "/nonexistent/run")
   assert result.returncode == 2  # the command ran, and failed on its workdir
   assert runtime.YNN_FUSION_FLAG in os.environ["XLA_FLAGS"]
 
