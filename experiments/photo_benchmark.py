@@ -21,6 +21,7 @@ import dataclasses
 import os
 import sys
 
+import mnist_jax
 from mnist_jax.core import data as data_lib
 from mnist_jax.core.errors import UserError
 from mnist_jax.inference import digits, photo_benchmark, predict, trained
@@ -46,6 +47,7 @@ def parse(argv):
 
 def main(argv) -> int:
   args = parse(argv)
+  mnist_jax.setup_xla()  # the programs the CLI's runs compile
   pictures = os.path.join(args.out, f"pictures_seed{args.seed}_n{args.per_distortion}")
   if not os.path.isdir(pictures):
     test = data_lib.load_split(f"test[:{args.per_distortion}]", args.data_dir)

@@ -4,22 +4,19 @@ Data flows one way: config -> data -> model -> train step -> evaluation -> run
 directory (config.json, metrics.jsonl, checkpoints) -> tables and plots.
 
 The names in `__all__` are the Python API (docs/api.md); each is a re-export
-of the library function that the command line calls too.
+of the library function that the command line calls too. Call
+`mnist_jax.setup_xla()` before JAX starts, as every command does, to compile
+the same programs as the command line.
 """
 
 import importlib
 
-from mnist_jax.core import runtime as _runtime
 from mnist_jax.core.errors import UserError
 
-# Before anything imports JAX: XLA reads XLA_FLAGS once, when its first backend
-# starts, and every entry point must compile the same convolutions (see
-# runtime.use_eigen_cpu_convolutions).
-_runtime.use_eigen_cpu_convolutions()
-
 # name -> (module, attribute), imported on first use so that `import mnist_jax`
-# stays cheap (no JAX or TensorFlow import).
+# stays cheap (no JAX or TensorFlow import) and changes nothing.
 _LAZY = {
+    "setup_xla": ("mnist_jax.core.runtime", "setup_xla"),
     "load_mnist": ("mnist_jax.core.data", "load_mnist"),
     "load_config_file": ("mnist_jax.core.config", "load_config_file"),
     "train_and_evaluate": ("mnist_jax.engine.loop", "train_and_evaluate"),

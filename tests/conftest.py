@@ -9,9 +9,11 @@ from typing import NamedTuple
 
 import pytest
 
-# Sets XLA:CPU's convolution flag (runtime.use_eigen_cpu_convolutions) before
-# any test starts a JAX backend, as the CLI's processes do.
-import mnist_jax  # noqa: F401
+import mnist_jax
+
+# XLA:CPU's convolution flag before any test starts a JAX backend, as every
+# command sets it: tests that call the engine directly compile the same programs.
+mnist_jax.setup_xla()
 
 # TensorFlow is only a tfds reader here: keep it quiet and off oneDNN.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

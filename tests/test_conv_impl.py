@@ -10,7 +10,8 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.core.models import build_model
-from mnist_jax.core.models.layers import CONV_IMPLS, Conv, xla_chunked_conv, xla_conv
+from mnist_jax.core.models.cpu_ops import CONV_IMPLS, xla_chunked_conv, xla_conv
+from mnist_jax.core.models.layers import Conv
 
 from configs import cnn as cnn_config
 

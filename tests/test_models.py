@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.core.models import build_model, cnn as cnn_lib
-from mnist_jax.core.models.layers import count_params, max_of_views, max_pool, pool
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.cpu_ops import max_of_views, max_pool
+from mnist_jax.core.models.layers import count_params, pool
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
@@ -50,7 +51,7 @@ def test_flatten_size_follows_kernel_stride_and_pooling():
   cfg.strides = (2, 1, 1)
   cfg.pooling = ("none", "max", "max")
   # 28 -> stride 2 -> 14 -> 14 -> pool 7 -> 7 -> pool 3
-  assert cnn_lib.feature_map_sizes(cfg) == [14, 7, 3]
+  assert build_model(cfg).feature_map_sizes() == [14, 7, 3]
   _, params = init(cfg)
   assert params["dense0"]["kernel"].shape == (3 * 3 * 128, 128)
 
@@ -61,7 +62,7 @@ def test_valid_padding_shrinks_each_map_by_the_kernel_less_one():
              activations=("relu", "relu"), pooling=("max", "max"),
              dense_features=(256,), padding="valid")
   # 28 -> 5x5 valid 24 -> pool 12 -> 3x3 valid 10 -> pool 5: 5*5*32 = 800 inputs.
-  assert cnn_lib.feature_map_sizes(cfg) == [12, 5]
+  assert build_model(cfg).feature_map_sizes() == [12, 5]
   model, params = init(cfg)
   assert params["conv0"]["kernel"].shape == (5, 5, 1, 24)
   assert params["dense0"]["kernel"].shape == (800, 256)

@@ -158,8 +158,9 @@ def test_cli_plot_pdf(mlp_run, tfds_dir, tmp_path):
 def test_model_without_stage_activations_skips_only_the_feature_maps():
   import types
   import ml_collections
+  from mnist_jax.core.models.simple_cnn import SimpleCNN
   fake = types.SimpleNamespace(
-      conv_stages=["conv0", "conv1"],
+      conv_stages=["conv0", "conv1"], model=SimpleCNN(),
       config=ml_collections.ConfigDict({"model": {"name": "simple_cnn"}}))
   reasons = plots.skipped_reasons(fake, metrics_lines=3)
   assert set(reasons) == {"feature_maps"}

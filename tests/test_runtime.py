@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -54,6 +55,28 @@ def test_jaxlib_without_the_flag_is_left_alone(monkeypatch, version):
   assert "XLA_FLAGS" not in runtime.os.environ
 
 
+def test_importing_mnist_jax_leaves_xla_flags_alone():
+  code = ("import os, mnist_jax, mnist_jax.core.models, mnist_jax.engine.loop; "
+          "print(repr(os.environ.get('XLA_FLAGS'))); mnist_jax.setup_xla(); "
+          "print(repr(os.environ.get('XLA_FLAGS')))")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  after_import, after_setup = result.stdout.splitlines()
+  assert after_import == "None"
+  assert runtime.YNN_FUSION_FLAG in after_setup
+
+
+def test_every_command_sets_the_convolution_flag(cli_here, monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS")
+  with warnings.catch_warnings():  # this process's JAX may have started: it says so
+    warnings.simplefilter("ignore", UserWarning)
+    result = cli_here("evaluate", "--workdir", "/nonexistent/run")
+  assert result.returncode == 2  # the command ran, and failed on its workdir
+  assert runtime.YNN_FUSION_FLAG in os.environ["XLA_FLAGS"]
+
+
 # The speedrun's two convolutions ('valid', 5x5 on one channel, 3x3 on 24) and the
 # default CNN's ('same'), through the model, as a training step sees them: logits
 # and every parameter's gradient on a fixed batch, and how many convolutions the
@@ -61,6 +84,7 @@ def test_jaxlib_without_the_flag_is_left_alone(monkeypatch, version):
 GRADIENTS_SCRIPT = r"""
 import re, sys
 import mnist_jax
+mnist_jax.setup_xla()
 import jax, jax.numpy as jnp, numpy as np, optax
 from mnist_jax.core import config as config_lib
 from mnist_jax.core.models import build_model
@@ -101,7 +125,7 @@ def gradients_in_a_fresh_process(out, xla_flags):
 
 @pytest.mark.slow
 def test_eigen_convolutions_compute_what_ynnpacks_do(tmp_path):
-  """`import mnist_jax` compiles no convolution into a YNNPACK fusion, and the
+  """`mnist_jax.setup_xla()` compiles no convolution into a YNNPACK fusion, and the
   logits and gradients equal those of YNNPACK's convolutions (XLA's default) up
   to float rounding: the same function, summed in another order."""
   eigen = gradients_in_a_fresh_process(tmp_path / "eigen.npz", None)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from mnist_jax import UserError
-from mnist_jax.core.models import build_model, simple_cnn
+from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
 
 from configs import m3, m5, m7
@@ -39,7 +39,7 @@ def test_parameter_counts_of_m3_m5_m7(config_module, kernel, side, expected):
   variables = shapes(cfg)
   params = variables["params"]
   assert cfg.kernel_size == kernel
-  assert simple_cnn.feature_map_sizes(cfg)[-1] == side
+  assert build_model(cfg).feature_map_sizes()[-1] == side
   assert params["logits"]["kernel"].shape == (side * side * cfg.channels[-1], 10)
   assert count_params(params) == by_hand(kernel, cfg.channels, side) == expected
   # Bias-free convolutions and dense layer: the batch norm supplies the shift.

@@ -40,7 +40,7 @@ class TinyBN(nn.Module):
 
 
 if BN_MODEL not in models.model_names():
-  models.register(BN_MODEL)(lambda cfg: TinyBN())
+  models.register(BN_MODEL)(TinyBN)
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.engine import checkpoint
-from mnist_jax.core import data, run_dir
+from mnist_jax.core import data, run_dir, run_format
 from mnist_jax.engine import evaluate as eval_lib, restore as restore_lib
 from mnist_jax.engine.loop import train_and_evaluate
 
@@ -66,9 +66,10 @@ def test_a_model_key_added_later_does_not_refuse_an_old_run():
   new = run_dir.config_as_dict(cnn_config.get_config())
   old = dict(new, model={k: v for k, v in new["model"].items() if k != "padding"})
   assert new["model"]["padding"] == "same"
-  assert run_dir.config_differences(old, new) == []
+  assert run_dir.config_differences(run_format.upgraded(old), new) == []
   new["model"]["padding"] = "valid"
-  assert run_dir.config_differences(old, new) == ["model.padding: (absent) -> valid"]
+  assert run_dir.config_differences(run_format.upgraded(old), new) == [
+      "model.padding: same -> valid"]
 
 
 def test_best_val_run_keeps_and_reports_the_best_validation_epoch(tmp_path):

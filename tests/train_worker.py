@@ -24,12 +24,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import mnist_jax  # noqa: E402
 from mnist_jax.core import data as data_lib  # noqa: E402
 from mnist_jax.core.config import apply_overrides, load_config_file  # noqa: E402
 from mnist_jax.core.errors import UserError  # noqa: E402
 from mnist_jax.engine import checkpoint  # noqa: E402
 from mnist_jax.engine import loop as loop_lib, mesh as mesh_lib, restore as restore_lib  # noqa: E402
 
+mnist_jax.setup_xla()  # the programs the CLI's runs compile
 STALL_ENV = "STALL_BEFORE_SAVING"
 
 

@@ -54,6 +54,7 @@ def usage() -> str:
 
 def main(argv: Sequence[str]) -> int:
   """Runs `argv` (the words after the program name); returns the exit status."""
+  runtime.setup_xla()  # before any command starts JAX
   if not argv or argv[0] in _HELP + ("help",):
     print(usage())
     return 0 if argv else 2

@@ -100,6 +100,7 @@ def _parse_flags(name: str, fv: flags.FlagValues, argv: Sequence[str]) -> List[s
     raise UserError(f"{name}: {error}") from None
   if "config" in fv and fv["config"].present:
     _check_config_type(name, fv["config"].value, path)
+    config_lib.split_text_lists(fv.config)
   return args
 
 

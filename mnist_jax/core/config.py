@@ -5,6 +5,7 @@ Config files in configs/ start from `base_config()` and set `config.model`.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 import os
@@ -23,18 +24,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 # jax.random.key keeps a seed's low 32 bits (jax 0.10.2, x64 off: key(2**32) ==
 # key(0), key(-1) == key(2**32 - 1), measured), so only these seeds are distinct.
 MAX_SEED = 2**32 - 1
-
-
-# Model keys added to the config files after runs were saved, each with the
-# value that keeps those runs' behaviour: a saved config.json without one
-# describes the same run (core/run_dir.config_differences).
-ADDED_MODEL_DEFAULTS = {"padding": "same", "pool_before_norm": False}
-
-
-def added_model_value(model_config: ml_collections.ConfigDict, key: str) -> Any:
-  """`model_config[key]`, or ADDED_MODEL_DEFAULTS' value for a config saved
-  before the key existed."""
-  return model_config.get(key, ADDED_MODEL_DEFAULTS[key])
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -291,15 +280,6 @@ def checked_config(path: str, config: Any) -> ml_collections.ConfigDict:
   return config
 
 
-def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A run's saved config (config.json) with base_config()'s default for every
-  field it lacks: a run written before a field existed behaved as its default
-  (e.g. `select` = 'last'), so readers can use `config.select` on any run."""
-  config = base_config()
-  config.update(saved)  # recursive: saved values win, block by block
-  return config
-
-
 def has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:
   """Whether `dotted` ('optimizer.learning_rate') names a field of `config`."""
   node = config
@@ -316,6 +296,35 @@ _TEXT_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
                  float: flags.FloatParser(), tuple: tuple_parser.TupleParser()}
 
 
+def split_text_lists(config: ml_collections.ConfigDict) -> None:
+  """Each tuple field of `config` as `text_list` reads it."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      split_text_lists(value)
+    elif isinstance(value, tuple) and text_list(value) != value:
+      config[key] = text_list(value)
+
+
+def text_list(value: tuple) -> tuple:
+  """`value`, or its one text split at its commas.
+
+  The tuple parser reads `--config.model.activations=gelu,gelu` and
+  `=(relu, tanh)` (names without quotes, which Python's literal syntax does
+  not read) as one text, ('gelu,gelu',); the list meant is ('gelu', 'gelu').
+  """
+  if len(value) != 1 or not isinstance(value[0], str) or "," not in value[0]:
+    return value
+  parts = (part.strip(" '\"") for part in value[0].strip("()[] ").split(","))
+  return tuple(_literal_or_text(part) for part in parts if part)
+
+
+def _literal_or_text(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def _from_text(field_type: type, dotted: str, text: str) -> Any:
   if field_type is str:
     return text
@@ -324,7 +333,8 @@ def _from_text(field_type: type, dotted: str, text: str) -> Any:
     raise UserError(f"config.{dotted} holds a {field_type.__name__}, which cannot be "
                     "set from text: set it in a config file.")
   try:
-    return parser.parse(text)
+    value = parser.parse(text)
+    return text_list(value) if field_type is tuple else value
   except ValueError:
     wanted = "true or false" if field_type is bool else f"a valid {field_type.__name__}"
     raise UserError(f"config.{dotted} = {text!r}: it is not {wanted}.") from None

@@ -43,7 +43,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   if cfg.name == "sgd":
     return optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
   # Configs saved before b1 and b2 existed read base_config's (optax's) defaults
-  # through config.from_saved.
+  # through run_format.from_saved.
   betas = dict(b1=cfg.b1, b2=cfg.b2)
   if cfg.name == "adam":
     return optax.adam(schedule, **betas)

@@ -42,7 +42,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 
-from mnist_jax.core import config as config_lib
+from mnist_jax.core import config as config_lib, run_format
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.workdir import LOCK_FILE, write_error
 
@@ -176,8 +176,9 @@ def make_folder(path: str, flag: str = "--workdir") -> str:
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   make_folder(workdir)
+  saved = run_format.stamped(json.loads(config.to_json_best_effort()))
   _write_atomic(os.path.join(workdir, CONFIG_FILE),
-                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+                json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _flatten(tree: Dict, prefix: str = "") -> Dict:
@@ -195,22 +196,17 @@ def flat_config(config: ml_collections.ConfigDict) -> Dict:
   return _flatten(config_as_dict(config))
 
 
-def _base_defaults() -> Dict:
-  defaults = _flatten(config_as_dict(config_lib.base_config()))
-  defaults.update({f"model.{key}": value
-                   for key, value in config_lib.ADDED_MODEL_DEFAULTS.items()})
-  return defaults
-
-
 def config_differences(saved: Dict, new: Dict) -> List[str]:
   """'key: saved -> new' for every leaf that differs, missing ones included.
 
-  A key the saved config lacks but whose new value is base_config's default
-  (or, for the model, config.ADDED_MODEL_DEFAULTS') is no difference: it was
-  added after the run was saved, and its default keeps the old behaviour.
+  `saved` is in today's format (run_format.upgraded). A key it lacks but
+  whose new value is its default (base_config's, or the model's attribute
+  default) is no difference: it was added after the run was saved, and its
+  default keeps the old behaviour.
   """
   a, b = _flatten(saved), _flatten(new)
-  defaults = _base_defaults()
+  defaults = _flatten(config_as_dict(config_lib.base_config()))
+  defaults.update(_flatten({"model": run_format.model_defaults(new.get("model"))}))
   a.update({k: v for k, v in b.items()
             if k not in a and k in defaults and defaults[k] == v})
   return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
@@ -232,7 +228,8 @@ def claim(workdir: str, config: ml_collections.ConfigDict, force: bool) -> None:
     clear(workdir)
   elif has_results(workdir):
     saved = _read_config_dict(path, required=False)
-    diffs = [] if saved is None else config_differences(saved, config_as_dict(config))
+    diffs = [] if saved is None else config_differences(run_format.upgraded(saved),
+                                                        config_as_dict(config))
     if diffs:
       raise UserError(
           f"{workdir!r} holds a run with another config ({'; '.join(diffs)}): "
@@ -322,12 +319,12 @@ def clear(workdir: str) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config as trained, with defaults for the fields older code did
-  not write (config.from_saved): the one way a run's config is read back."""
+  """The run's config as trained, in today's format (run_format.from_saved):
+  the one way a run's config is read back."""
   path = os.path.join(workdir, CONFIG_FILE)
   saved = _read_config_dict(path)
   try:
-    config = config_lib.from_saved(saved)
+    config = run_format.from_saved(saved)
     config_lib.validate(config)
   except UserError as e:  # edited by hand: a value no run can have
     raise UserError(f"{path}: {e} Put back the run's config.json from a copy.") from None

@@ -77,6 +77,15 @@ def _add_xla_flag(name: str, value: str) -> bool:
   return True
 
 
+def setup_xla() -> None:
+  """The XLA settings every entry point compiles with (XLA:CPU's Eigen
+  convolutions, use_eigen_cpu_convolutions); call it before JAX starts its
+  backends. Every command calls it when it starts; a Python user calls it
+  first thing (`mnist_jax.setup_xla()`) to get the command line's programs
+  and bits."""
+  use_eigen_cpu_convolutions()
+
+
 def use_eigen_cpu_convolutions() -> None:
   """Asks XLA:CPU for its Eigen convolutions rather than YNNPACK's, before JAX starts.
 
@@ -88,9 +97,10 @@ def use_eigen_cpu_convolutions() -> None:
   reductions. The same function summed in another order, so the bits differ
   from a run compiled with YNNPACK's convolutions.
 
-  `import mnist_jax` calls this, so every entry point (the CLI, the tests, Ray
-  workers, a notebook) compiles the same kernels and a run gives the same bits
-  wherever it is resumed or evaluated. A value already in XLA_FLAGS wins:
+  `setup_xla` calls this, and every entry point (the CLI, the tools' and
+  experiments' scripts, Ray workers, the tests, a notebook through
+  `mnist_jax.setup_xla()`) calls that, so all compile the same kernels and a
+  run gives the same bits wherever it is resumed or evaluated. A value already in XLA_FLAGS wins:
   `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
   gives XLA's default (YNNPACK's convolutions, with which RESULTS.md's
   studies and the frontier runs were compiled). Older jaxlib builds, which do not know the flag (XLA stops a
@@ -102,9 +112,10 @@ def use_eigen_cpu_convolutions() -> None:
                                                      "-individual_convolution"):
     return
   if _backends_started():
-    warnings.warn("JAX started its backends before mnist_jax was imported, so its CPU "
+    warnings.warn("JAX started its backends before mnist_jax.setup_xla(), so its CPU "
                   "convolutions stay YNNPACK's (slower here, other bits than the "
-                  "CLI's runs): import mnist_jax before using JAX.", stacklevel=3)
+                  "CLI's runs): call mnist_jax.setup_xla() before using JAX.",
+                  stacklevel=3)
 
 
 def _jaxlib_has_ynn_flag() -> bool:

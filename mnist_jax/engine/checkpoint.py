@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mnist_jax.core import run_dir
+from mnist_jax.core import run_dir, run_format
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.run_dir import best_checkpoint_dir, checkpoint_dir, write_error
 
@@ -307,7 +307,7 @@ def _differences(mngr: ocp.CheckpointManager, step: int, config: Dict) -> List[s
   record = _saved_record(mngr, step)
   if record is None or record.get("sha256") == config_record(config)["sha256"]:
     return []
-  return run_dir.config_differences(record["config"], config)
+  return run_dir.config_differences(run_format.upgraded(record["config"]), config)
 
 
 def check_resumable(workdir: str, config: Dict) -> None:

@@ -73,10 +73,10 @@ def skipped_reasons(model: trained_lib.TrainedModel, metrics_lines: int) -> Dict
     name = model.config.model.name
     for fig in ("conv_kernels", "feature_maps"):
       reasons[fig] = f"model {name!r} has no conv layers"
-  elif "activations" not in model.config.model:
+  elif not callable(getattr(model.model, "stages", None)):
     # Feature maps are conv outputs passed through the stage's activation; a
-    # model without per-stage activations (simple_cnn: batch norm in between)
-    # has no such map to show.
+    # model without conv stages that name one (simple_cnn: batch norm in
+    # between) has no such map to show.
     reasons["feature_maps"] = (f"model {model.config.model.name!r} has no "
                                "per-stage activations to apply to its conv outputs")
   if metrics_lines == 0:

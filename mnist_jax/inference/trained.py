@@ -10,6 +10,7 @@ epoch's checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Dict, List, Optional
 
 import flax.linen as nn
@@ -34,7 +35,7 @@ class TrainedModel:
   @property
   def conv_stages(self) -> List[str]:
     """Names of the conv layers in order ('conv0', ...); [] for a dense model."""
-    names = [k for k in self.params if k.startswith("conv")]
+    names = [k for k in self.params if re.fullmatch(r"conv\d+", k)]
     return sorted(names, key=lambda k: int(k[len("conv"):]))
 
   def first_kernels(self) -> np.ndarray:
@@ -60,7 +61,7 @@ class TrainedModel:
     _, state = self.model.apply(
         variables(self.params, self.batch_stats), x, train=False,
         capture_intermediates=lambda mdl, _: isinstance(mdl, CONV_MODULES))
-    acts = self.config.model.activations
+    acts = [stage.activation for stage in self.model.stages()]
     return [np.asarray(activation(acts[i])(state["intermediates"][name]["__call__"][0])[0])
             for i, name in enumerate(self.conv_stages)]
 

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from mnist_jax.core import run_dir
+from mnist_jax.core import run_dir, runtime
 from mnist_jax.core.errors import UserError
 from mnist_jax.studies import ray_guard
 from mnist_jax.studies.spec import Run
@@ -87,6 +87,7 @@ def _where() -> Dict:
 def train_recorded(job: Job, train: TrainJob, data) -> Outcome:
   """Trains one job where it runs (here, or in a Ray worker); a UserError
   becomes the failure of each of its runs, written to their failed.json."""
+  runtime.setup_xla()  # a Ray worker is a process of its own
   start = time.perf_counter()
   for run in job:
     run_dir.clear_failure(run.workdir)

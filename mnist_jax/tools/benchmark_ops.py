@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.tools.benchmark import print_table
+from mnist_jax.core import runtime
 from mnist_jax.core.config import load_config_file
-from mnist_jax.core.models.cnn import INPUT_SIZE, conv_padding_of, feature_map_sizes
-from mnist_jax.core.models.layers import (chunked_kernel_grad, conv_input_grad,
-                                          conv_output_size, max_of_views, pool,
-                                          xla_conv)
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.cnn import INPUT_SIZE
+from mnist_jax.core.models.cpu_ops import (chunked_kernel_grad, conv_input_grad,
+                                           conv_output_size, max_of_views, xla_conv)
+from mnist_jax.core.models.layers import pool
 
 
 def median_ms(fn: Callable, *args, repeats: int) -> float:
@@ -50,10 +52,9 @@ def xla_kernel_grad(x, kernel, g, stride, padding="SAME"):
 
 def conv_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
   rows, size, channels = [], INPUT_SIZE, 1
-  sizes = feature_map_sizes(model_cfg)
-  p = conv_padding_of(model_cfg)
-  for i, (features, k, s) in enumerate(zip(model_cfg.features, model_cfg.kernel_sizes,
-                                            model_cfg.strides)):
+  cnn = build_model(model_cfg)
+  sizes, p = cnn.feature_map_sizes(), cnn.padding.upper()
+  for i, (features, k, s, _, _) in enumerate(cnn.stages()):
     out = conv_output_size(size, k, s, p)
     keys = jax.random.split(jax.random.key(i), 3)
     x = jax.random.normal(keys[0], (batch, size, size, channels))
@@ -86,9 +87,9 @@ def pool_rows(model_cfg, batch: int, repeats: int) -> List[Dict]:
       "ours: views, shares interleaved": lambda x: pool(x, "max", 2),
   }
   rows, size = [], INPUT_SIZE
-  p = conv_padding_of(model_cfg)
-  for i, (features, k, s, kind) in enumerate(zip(
-      model_cfg.features, model_cfg.kernel_sizes, model_cfg.strides, model_cfg.pooling)):
+  cnn = build_model(model_cfg)
+  p = cnn.padding.upper()
+  for i, (features, k, s, _, kind) in enumerate(cnn.stages()):
     size = conv_output_size(size, k, s, p)
     if kind == "max" and size % 2 == 0:
       x = jax.random.normal(jax.random.key(i), (batch, size, size, features))
@@ -107,6 +108,7 @@ def main(argv=None) -> List[Dict]:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args(argv)
+  runtime.setup_xla()  # the programs the CLI's runs compile
   model_cfg = load_config_file(args.config).model
   rows = conv_rows(model_cfg, args.batch, args.repeats) + pool_rows(
       model_cfg, args.batch, args.repeats)

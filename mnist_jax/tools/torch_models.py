@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from mnist_jax.core.errors import UserError
-from mnist_jax.core.models.cnn import (INPUT_SIZE, conv_padding_of, feature_map_sizes,
-                                       pool_before_norm_of)
-from mnist_jax.core.models.layers import conv_padding
+from mnist_jax.core.models import build_model
+from mnist_jax.core.models.cnn import INPUT_SIZE
+from mnist_jax.core.models.cpu_ops import conv_padding
 
 # flax's gelu is the tanh approximation.
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
@@ -36,10 +36,11 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": n
 
 def build_torch_model(cfg: ml_collections.ConfigDict) -> nn.Sequential:
   """The PyTorch twin of `build_model(cfg)`: NCHW float images in, logits out."""
+  model = build_model(cfg)
   if cfg.name == "mlp":
-    return _mlp(cfg)
-  if cfg.name == "cnn" and cfg.get("conv_type", "conv") == "conv":
-    return _cnn(cfg)
+    return _mlp(model)
+  if cfg.name == "cnn" and model.conv_type == "conv":
+    return _cnn(model)
   raise UserError(f"config.model.name {cfg.name!r} (conv_type "
                   f"{cfg.get('conv_type', 'conv')!r}) has no PyTorch twin: compare the "
                   "mlp or a cnn with conv_type 'conv' (e.g. configs/cnn.py).")
@@ -56,46 +57,47 @@ def _dropout(rate: float) -> List[nn.Module]:
   return [nn.Dropout(rate)] if rate > 0 else []
 
 
-def _batch_norm(cfg, kind, width: int) -> List[nn.Module]:
+def _batch_norm(cnn, kind, width: int) -> List[nn.Module]:
   # flax's momentum 0.9 keeps 90% of the old statistic; torch's 0.1 is the new share.
-  return [kind(width, eps=1e-3, momentum=0.1)] if cfg.get("batch_norm") else []
+  return [kind(width, eps=1e-3, momentum=0.1)] if cnn.batch_norm else []
 
 
-def _mlp(cfg: ml_collections.ConfigDict) -> nn.Sequential:
+def _mlp(mlp) -> nn.Sequential:
+  """The twin of an MLP module."""
   layers: List[nn.Module] = [nn.Flatten()]
   width = INPUT_SIZE * INPUT_SIZE
-  for hidden in cfg.hidden_features:
-    layers += [nn.Linear(width, hidden), _activation(cfg.activation)]
-    layers += _dropout(cfg.dropout_rate)
+  for hidden in mlp.hidden_features:
+    layers += [nn.Linear(width, hidden), _activation(mlp.activation)]
+    layers += _dropout(mlp.dropout_rate)
     width = hidden
-  return nn.Sequential(*layers, nn.Linear(width, cfg.num_classes))
+  return nn.Sequential(*layers, nn.Linear(width, mlp.num_classes))
 
 
-def _cnn(cfg: ml_collections.ConfigDict) -> nn.Sequential:
+def _cnn(cnn) -> nn.Sequential:
+  """The twin of a CNN module."""
   layers: List[nn.Module] = []
   channels, size = 1, INPUT_SIZE
-  for feat, k, s, act, kind, out_size in zip(
-      cfg.features, cfg.kernel_sizes, cfg.strides, cfg.activations, cfg.pooling,
-      feature_map_sizes(cfg), strict=True):
-    low, high = conv_padding(size, k, s, conv_padding_of(cfg))
+  for (feat, k, s, act, kind), out_size in zip(cnn.stages(), cnn.feature_map_sizes(),
+                                               strict=True):
+    low, high = conv_padding(size, k, s, cnn.padding.upper())
     if low != high:  # asymmetric: Conv2d pads both sides alike
       layers.append(nn.ZeroPad2d((low, high, low, high)))
       low = 0
     layers.append(nn.Conv2d(channels, feat, k, stride=s, padding=low))
-    norm_act = _batch_norm(cfg, nn.BatchNorm2d, feat) + [_activation(act)]
+    norm_act = _batch_norm(cnn, nn.BatchNorm2d, feat) + [_activation(act)]
     pooling = []
-    if kind != "none" and cfg.pool_size > 1:
-      pooling = [(nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(cfg.pool_size, cfg.pool_size)]
-    layers += pooling + norm_act if pool_before_norm_of(cfg) else norm_act + pooling
+    if kind != "none" and cnn.pool_size > 1:
+      pooling = [(nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(cnn.pool_size, cnn.pool_size)]
+    layers += pooling + norm_act if cnn.pool_before_norm else norm_act + pooling
     channels, size = feat, out_size
   layers.append(nn.Flatten())
   width = channels * size * size
-  for hidden in cfg.dense_features:
-    layers += _dropout(cfg.dropout_rate) + [nn.Linear(width, hidden)]
-    layers += _batch_norm(cfg, nn.BatchNorm1d, hidden) + [nn.ReLU()]
+  for hidden in cnn.dense_features:
+    layers += _dropout(cnn.dropout_rate) + [nn.Linear(width, hidden)]
+    layers += _batch_norm(cnn, nn.BatchNorm1d, hidden) + [nn.ReLU()]
     width = hidden
-  return nn.Sequential(*layers, *_dropout(cfg.dropout_rate),
-                       nn.Linear(width, cfg.num_classes))
+  return nn.Sequential(*layers, *_dropout(cnn.dropout_rate),
+                       nn.Linear(width, cnn.num_classes))
 
 
 def count_torch_params(model: nn.Module) -> int:

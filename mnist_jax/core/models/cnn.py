@@ -22,21 +22,33 @@ is computed from the config, never written in.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence, Union
 
 import flax.linen as nn
 import jax
-import ml_collections
 
-from mnist_jax.core.config import added_model_value
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
-from mnist_jax.core.models.layers import (CONV_IMPLS, POOLINGS, Conv, activation,
-                                          batch_norm, conv_output_size, pool)
+from mnist_jax.core.models.cpu_ops import CONV_IMPLS, conv_output_size
+from mnist_jax.core.models.layers import POOLINGS, Conv, activation, batch_norm, pool
 
 INPUT_SIZE = 28  # MNIST images are 28x28
+CONV_TYPES = ("conv", "local")
+PADDINGS = ("same", "valid")
+# The attributes that hold one entry per stage; one entry applies to every stage.
+PER_STAGE = ("features", "kernel_sizes", "strides", "activations", "pooling")
 
 
+class Stage(NamedTuple):
+  """One conv stage's settings."""
+  features: int
+  kernel_size: int
+  stride: int
+  activation: str
+  pooling: str
+
+
+@register("cnn")
 class CNN(nn.Module):
   """Conv stages (one per entry of `features`) -> dense head -> logits."""
 
@@ -50,7 +62,7 @@ class CNN(nn.Module):
   dropout_rate: float = 0.0
   num_classes: int = 10
   conv_type: str = "conv"  # conv (shared weights) | local (nn.ConvLocal)
-  conv_impl: str = "xla"
+  conv_impl: str = "xla"  # cpu_ops.CONV_IMPLS: the same function, other programs
   batch_norm: bool = False
   padding: str = "same"  # same | valid, every stage
   pool_before_norm: bool = False  # conv -> pool -> norm -> act
@@ -58,9 +70,7 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
     x, padding = x_BxHxWxC, self.padding.upper()
-    for i, (feat, k, s, act, kind) in enumerate(zip(
-        self.features, self.kernel_sizes, self.strides, self.activations,
-        self.pooling)):
+    for i, (feat, k, s, act, kind) in enumerate(self.stages()):
       if self.conv_type == "local":
         x = nn.ConvLocal(feat, (k, k), strides=(s, s), padding=padding,
                          name=f"conv{i}")(x)
@@ -83,97 +93,79 @@ class CNN(nn.Module):
   def _normalise(self, x: jax.Array, train: bool, name: str) -> jax.Array:
     return batch_norm(train, name)(x) if self.batch_norm else x
 
-
-def feature_map_sizes(cfg: ml_collections.ConfigDict,
-                      input_size: int = INPUT_SIZE) -> List[int]:
-  """Side of the square feature map after each stage; rejects a map of size 0.
-
-  'SAME' convolution with stride s gives ceil(n / s), 'VALID' with a k x k
-  kernel floor((n - k) / s) + 1; non-overlapping pooling with window p gives
-  floor(n / p).
-  """
-  sizes, n, padding = [], input_size, conv_padding_of(cfg)
-  for i, (k, s, kind) in enumerate(zip(cfg.kernel_sizes, cfg.strides, cfg.pooling),
-                                   start=1):
-    previous, n = n, conv_output_size(n, k, s, padding)
-    if n < 1:
+  def stages(self) -> List[Stage]:
+    """Each conv stage's settings. A per-stage attribute with one entry gives
+    it to every stage; the lists longer than one give the number of stages."""
+    entries = {name: _entries(getattr(self, name)) for name in PER_STAGE}
+    longer = {name: len(e) for name, e in entries.items() if len(e) != 1}
+    if len(set(longer.values())) > 1:
       raise UserError(
-          f"CNN stage {i}: a {k}x{k} 'valid' convolution does not fit the "
-          f"{previous}x{previous} feature map: use smaller kernels, fewer stages "
-          "or config.model.padding = 'same'.")
-    if kind != "none" and n < cfg.pool_size:
-      raise UserError(
-          f"CNN stage {i}: {cfg.pool_size}x{cfg.pool_size} {kind} pooling of a "
-          f"{n}x{n} feature map leaves nothing (stride {s} after a "
-          f"{sizes[-1] if sizes else input_size}x"
-          f"{sizes[-1] if sizes else input_size} input): use smaller strides, "
-          "a smaller pool_size or pooling 'none' in the later stages.")
-    if kind != "none":
-      n //= cfg.pool_size
-    sizes.append(n)
-  return sizes
+          f"CNN config lists per-stage settings of different lengths ({longer}): "
+          f"give each of {', '.join(PER_STAGE)} one entry per stage, or one entry "
+          "for every stage.")
+    count = next(iter(longer.values()), 1)
+    return [Stage(*(e[i] if len(e) > 1 else e[0] for e in entries.values()))
+            for i in range(count)]
+
+  def feature_map_sizes(self, input_size: int = INPUT_SIZE) -> List[int]:
+    """Side of the square feature map after each stage; rejects a map of size 0.
+
+    'SAME' convolution with stride s gives ceil(n / s), 'VALID' with a k x k
+    kernel floor((n - k) / s) + 1; non-overlapping pooling with window p gives
+    floor(n / p).
+    """
+    sizes, n, p = [], input_size, self.pool_size
+    for i, stage in enumerate(self.stages(), start=1):
+      k, s, kind = stage.kernel_size, stage.stride, stage.pooling
+      previous, n = n, conv_output_size(n, k, s, self.padding.upper())
+      if n < 1:
+        raise UserError(
+            f"CNN stage {i}: a {k}x{k} 'valid' convolution does not fit the "
+            f"{previous}x{previous} feature map: use smaller kernels, fewer stages "
+            "or config.model.padding = 'same'.")
+      if kind != "none" and n < p:
+        raise UserError(
+            f"CNN stage {i}: {p}x{p} {kind} pooling of a {n}x{n} feature map leaves "
+            f"nothing (stride {s} after a {previous}x{previous} input): use smaller "
+            "strides, a smaller pool_size or pooling 'none' in the later stages.")
+      if kind != "none":
+        n //= p
+      sizes.append(n)
+    return sizes
+
+  def validate(self) -> None:
+    """A UserError naming the attribute to change if the config cannot train."""
+    _check_choice("padding", self.padding, PADDINGS)
+    _check_choice("conv_type", self.conv_type, CONV_TYPES)
+    _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+    stages = self.stages()
+    sizes = {"features": tuple(stage.features for stage in stages),
+             "kernel_sizes": tuple(stage.kernel_size for stage in stages),
+             "strides": tuple(stage.stride for stage in stages),
+             "dense_features": tuple(self.dense_features)}
+    for name, values in sizes.items():
+      if any(int(v) < 1 for v in values):
+        raise UserError(f"config.model.{name} = {values}: every entry must be a "
+                        "positive integer.")
+    for stage in stages:
+      if stage.pooling not in POOLINGS:
+        raise UserError(f"unknown pooling {stage.pooling!r}: use one of "
+                        f"{', '.join(POOLINGS)}.")
+      activation(stage.activation)
+    if self.pool_size < 1:
+      raise UserError("config.model.pool_size must be at least 1.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"config.model.dropout_rate = {self.dropout_rate}: use a "
+                      "value in [0, 1).")
+    self.feature_map_sizes()
 
 
-CONV_TYPES = ("conv", "local")
-PADDINGS = ("same", "valid")
+def _entries(value: Union[Sequence, int, str]) -> tuple:
+  """A per-stage attribute as a tuple: a single value is one entry."""
+  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
-def conv_padding_of(cfg: ml_collections.ConfigDict) -> str:
-  """The CNN config's padding as lax spells it ('SAME' | 'VALID'); configs
-  saved before the key existed are 'same' (config.ADDED_MODEL_DEFAULTS)."""
-  return added_model_value(cfg, "padding").upper()
-
-
-def pool_before_norm_of(cfg: ml_collections.ConfigDict) -> bool:
-  """Whether each stage pools before its norm and activation; configs saved
-  before the key existed did not (config.ADDED_MODEL_DEFAULTS)."""
-  return bool(added_model_value(cfg, "pool_before_norm"))
-
-
-def _validate(cfg: ml_collections.ConfigDict) -> None:
-  if added_model_value(cfg, "padding") not in PADDINGS:
-    raise UserError(f"config.model.padding = {cfg.padding!r}: use one of "
-                    f"{', '.join(PADDINGS)}.")
-  if cfg.get("conv_type", "conv") not in CONV_TYPES:
-    raise UserError(f"config.model.conv_type = {cfg.conv_type!r}: use one of "
-                    f"{', '.join(CONV_TYPES)}.")
-  per_stage = ("features", "kernel_sizes", "strides", "activations", "pooling")
-  lengths = {name: len(cfg[name]) for name in per_stage}
-  if len(set(lengths.values())) != 1:
-    raise UserError(
-        "CNN config lists per-stage settings of different lengths "
-        f"({lengths}): give each of {', '.join(per_stage)} one entry per stage.")
-  for name in ("features", "kernel_sizes", "strides", "dense_features"):
-    if any(int(v) < 1 for v in cfg[name]):
-      raise UserError(f"config.model.{name} = {tuple(cfg[name])}: every entry "
-                      "must be a positive integer.")
-  for kind in cfg.pooling:
-    if kind not in POOLINGS:
-      raise UserError(f"unknown pooling {kind!r}: use one of {', '.join(POOLINGS)}.")
-  for act in cfg.activations:
-    activation(act)
-  if cfg.pool_size < 1:
-    raise UserError("config.model.pool_size must be at least 1.")
-  if not 0.0 <= cfg.dropout_rate < 1.0:
-    raise UserError(f"config.model.dropout_rate = {cfg.dropout_rate}: use a "
-                    "value in [0, 1).")
-  if cfg.get("conv_impl", "xla") not in CONV_IMPLS:
-    raise UserError(f"config.model.conv_impl = {cfg.conv_impl!r}: use one of "
-                    f"{', '.join(CONV_IMPLS)}.")
-  feature_map_sizes(cfg)
-
-
-@register("cnn")
-def build_cnn(cfg: ml_collections.ConfigDict) -> CNN:
-  _validate(cfg)
-  return CNN(features=tuple(cfg.features), kernel_sizes=tuple(cfg.kernel_sizes),
-             strides=tuple(cfg.strides), activations=tuple(cfg.activations),
-             pooling=tuple(cfg.pooling), pool_size=cfg.pool_size,
-             dense_features=tuple(cfg.dense_features),
-             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes,
-             conv_type=cfg.get("conv_type", "conv"),
-             # Runs saved before conv_impl existed have no such key.
-             conv_impl=cfg.get("conv_impl", "xla"),
-             batch_norm=cfg.get("batch_norm", False),
-             padding=conv_padding_of(cfg).lower(),
-             pool_before_norm=pool_before_norm_of(cfg))
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+  if value not in choices:
+    raise UserError(f"config.model.{name} = {value!r}: use one of "
+                    f"{', '.join(choices)}.")

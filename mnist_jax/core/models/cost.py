@@ -21,7 +21,8 @@ import ml_collections
 
 from mnist_jax.core.data import IMAGE_SHAPE
 from mnist_jax.core.models import build_model, layers
-from mnist_jax.core.models.cnn import conv_padding_of, feature_map_sizes, INPUT_SIZE
+from mnist_jax.core.models.cnn import INPUT_SIZE
+from mnist_jax.core.models.cpu_ops import conv_output_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +86,10 @@ def sharing_rows(cnn_config: ml_collections.ConfigDict) -> List[Dict]:
     dense = (h_in*w_in*c_in)*(h_out*w_out*c_out) + h_out*w_out*c_out
   """
   rows, n_in, c_in = [], INPUT_SIZE, IMAGE_SHAPE[-1]
-  pooled = feature_map_sizes(cnn_config)
-  padding = conv_padding_of(cnn_config)
-  for i, (c_out, k, s) in enumerate(zip(cnn_config.features, cnn_config.kernel_sizes,
-                                        cnn_config.strides)):
-    n_out = layers.conv_output_size(n_in, k, s, padding)
+  cnn = build_model(cnn_config)
+  pooled, padding = cnn.feature_map_sizes(), cnn.padding.upper()
+  for i, (c_out, k, s, _, _) in enumerate(cnn.stages()):
+    n_out = conv_output_size(n_in, k, s, padding)
     conv = k * k * c_in * c_out + c_out
     rows.append({
         "layer": f"conv{i}", "input": (n_in, n_in, c_in), "output": (n_out, n_out, c_out),

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import activation, pool
 
 
+@register("lenet5")
 class LeNet5(nn.Module):
   """C1-S2-C3-S4-C5-F6-output, sizes as in the paper."""
 
@@ -53,12 +53,8 @@ class LeNet5(nn.Module):
     x = act(nn.Dense(84, name="f6")(x))
     return nn.Dense(self.num_classes, name="logits")(x)
 
-
-@register("lenet5")
-def build_lenet5(cfg: ml_collections.ConfigDict) -> LeNet5:
-  activation(cfg.activation)
-  if cfg.pooling not in ("max", "avg"):
-    raise UserError(f"config.model.pooling = {cfg.pooling!r}: LeNet-5 pools "
-                    "twice; use 'max' or 'avg'.")
-  return LeNet5(activation=cfg.activation, pooling=cfg.pooling,
-                num_classes=cfg.num_classes)
+  def validate(self) -> None:
+    activation(self.activation)
+    if self.pooling not in ("max", "avg"):
+      raise UserError(f"config.model.pooling = {self.pooling!r}: LeNet-5 pools "
+                      "twice; use 'max' or 'avg'.")

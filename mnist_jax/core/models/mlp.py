@@ -10,13 +10,13 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
 from mnist_jax.core.models.layers import activation
 
 
+@register("mlp")
 class MLP(nn.Module):
   """Flatten -> [Dense(h), activation, dropout] per hidden size -> Dense(classes)."""
 
@@ -34,15 +34,11 @@ class MLP(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)  # logits; softmax lives in the loss
 
-
-@register("mlp")
-def build_mlp(cfg: ml_collections.ConfigDict) -> MLP:
-  activation(cfg.activation)  # validates the name now, not at first call
-  if any(int(width) < 1 for width in cfg.hidden_features):
-    raise UserError(f"config.model.hidden_features = {tuple(cfg.hidden_features)}: "
-                    "every width must be a positive integer (() for no hidden layer).")
-  if not 0.0 <= cfg.dropout_rate < 1.0:
-    raise UserError(f"config.model.dropout_rate = {cfg.dropout_rate}: use a value "
-                    "in [0, 1).")
-  return MLP(hidden_features=tuple(cfg.hidden_features), activation=cfg.activation,
-             dropout_rate=cfg.dropout_rate, num_classes=cfg.num_classes)
+  def validate(self) -> None:
+    activation(self.activation)  # the name now, not at the first call
+    if any(int(width) < 1 for width in self.hidden_features):
+      raise UserError(f"config.model.hidden_features = {tuple(self.hidden_features)}: "
+                      "every width must be a positive integer (() for no hidden layer).")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"config.model.dropout_rate = {self.dropout_rate}: use a value "
+                      "in [0, 1).")

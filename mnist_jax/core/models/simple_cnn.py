@@ -30,7 +30,6 @@ from typing import List, Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import register
@@ -39,6 +38,7 @@ from mnist_jax.core.models.layers import batch_norm
 INPUT_SIZE = 28  # MNIST images are 28x28
 
 
+@register("simple_cnn")
 class SimpleCNN(nn.Module):
   """Bias-free 'VALID' conv + BN + ReLU layers, no pooling, then dense + BN."""
 
@@ -57,35 +57,24 @@ class SimpleCNN(nn.Module):
     logits = nn.Dense(self.num_classes, use_bias=False, name="logits")(x)
     return batch_norm(train, "logits_bn")(logits)
 
+  def feature_map_sizes(self, input_size: int = INPUT_SIZE) -> List[int]:
+    """Side of the map after each layer; rejects a stack that shrinks it to nothing."""
+    sizes, n, k = [], input_size, self.kernel_size
+    for i in range(len(self.channels)):
+      n -= k - 1
+      if n < 1:
+        raise UserError(
+            f"simple_cnn: {len(self.channels)} 'VALID' {k}x{k} convolutions shrink "
+            f"the {input_size}x{input_size} input to nothing at layer {i + 1}: use "
+            "fewer channels entries or a smaller kernel_size.")
+      sizes.append(n)
+    return sizes
 
-def feature_map_sizes(cfg: ml_collections.ConfigDict,
-                      input_size: int = INPUT_SIZE) -> List[int]:
-  """Side of the map after each layer; rejects a stack that shrinks it to nothing."""
-  sizes, n = [], input_size
-  for i in range(len(cfg.channels)):
-    n -= cfg.kernel_size - 1
-    if n < 1:
-      raise UserError(
-          f"simple_cnn: {len(cfg.channels)} 'VALID' {cfg.kernel_size}x"
-          f"{cfg.kernel_size} convolutions shrink the {input_size}x{input_size} "
-          f"input to nothing at layer {i + 1}: use fewer channels entries or a "
-          "smaller kernel_size.")
-    sizes.append(n)
-  return sizes
-
-
-def _validate(cfg: ml_collections.ConfigDict) -> None:
-  if int(cfg.kernel_size) < 1:
-    raise UserError(f"config.model.kernel_size = {cfg.kernel_size}: use a "
-                    "positive integer.")
-  if not cfg.channels or any(int(c) < 1 for c in cfg.channels):
-    raise UserError(f"config.model.channels = {tuple(cfg.channels)}: give one "
-                    "positive width per conv layer.")
-  feature_map_sizes(cfg)
-
-
-@register("simple_cnn")
-def build_simple_cnn(cfg: ml_collections.ConfigDict) -> SimpleCNN:
-  _validate(cfg)
-  return SimpleCNN(kernel_size=int(cfg.kernel_size), channels=tuple(cfg.channels),
-                   num_classes=cfg.num_classes)
+  def validate(self) -> None:
+    if int(self.kernel_size) < 1:
+      raise UserError(f"config.model.kernel_size = {self.kernel_size}: use a "
+                      "positive integer.")
+    if not self.channels or any(int(c) < 1 for c in self.channels):
+      raise UserError(f"config.model.channels = {tuple(self.channels)}: give one "
+                      "positive width per conv layer.")
+    self.feature_map_sizes()
