@@ -1,11 +1,12 @@
-"""A group of S >= 1 runs of one config, one per seed, trained by one loop.
+"""The S >= 1 seeds of one config that train as one program (`SeedStack`).
 
-What stays fixed while a group trains (`Group`), and how the loop holds
-per-seed values: with one seed, that run's own state, sums and keys (no
-vmap: one seed trains the plain, unbatched program); with
-several, the seeds' values stacked along a leading axis, on which the step
-functions run under jax.vmap. `join_seeds` and `Group.part` are the only
-places that know the difference.
+What stays fixed while they train, and how the loop holds per-seed values:
+with one seed, that run's own state, sums and keys (no vmap: one seed trains
+the plain, unbatched program); with several, the seeds' values stacked along
+a leading axis, on which the step functions run under jax.vmap. `join_seeds`,
+`SeedStack.part` and `SeedStack.indices` are the only places that know the
+difference. Each seed is one run: its own workdir, config.json (with its
+seed), metrics.jsonl and checkpoints.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from mnist_jax.core import data as data_lib
 from mnist_jax.core import run_dir
 from mnist_jax.core.errors import UserError
 from mnist_jax.engine import checkpoint
-from mnist_jax.engine.mesh import replicate
+from mnist_jax.engine.mesh import replicate, shard_indices
 from mnist_jax.engine.state import TrainState, stack, stack_states, unstack
-from mnist_jax.engine.steps import Batch
+from mnist_jax.engine.steps import Batch, span_indices
 
 
 @dataclasses.dataclass
-class Group:
-  """Everything the loop needs that stays fixed while the group trains.
+class SeedStack:
+  """Everything the loop needs that stays fixed while the seeds train.
 
   Per-seed lists have one entry per seed; device values (state, sums, step
   keys) are one run's, or with several seeds stacked along a leading axis.
@@ -51,11 +52,9 @@ class Group:
   rng_data: List[jax.Array]  # per seed: shuffle and dropout keys' data, checkpointed
   num_params: int
   log: Any
-  step_fn: Any = None  # the loop's compiled train call: trains K batches per call
   mngrs: List[Any] = dataclasses.field(default_factory=list)  # orbax, per seed
   best_mngrs: List[Any] = dataclasses.field(default_factory=list)  # select='best_val'
   best_val: List[float] = dataclasses.field(default_factory=list)  # per seed
-  events: List[Any] = dataclasses.field(default_factory=list)  # metric_writer.RunWriter, per seed
 
   @functools.cached_property
   def config_records(self) -> List[Dict]:
@@ -84,6 +83,21 @@ class Group:
     """The dropout and augmentation keys the train call takes."""
     return tuple(self.join([k[name] for k in self.keys]) for name in ("dropout", "augment"))
 
+  def epoch_orders(self, epoch: int) -> np.ndarray:
+    """Each seed's order of the training images in `epoch` (N), stacked (SxN)
+    for several seeds."""
+    orders_SxN = np.stack([data_lib.epoch_permutation(k["shuffle"], epoch, len(self.train))
+                           for k in self.keys]).astype(np.int32)
+    return orders_SxN if self.stacked else orders_SxN[0]
+
+  def indices(self, orders: np.ndarray, start: int, stop: int) -> jax.Array:
+    """Batches start..stop-1 of the epoch's `orders` as the train call takes
+    them, on the devices: (batch) for one step per call, else (K, batch); with
+    a leading seed axis for several seeds."""
+    idx = span_indices(orders, start, stop, self.config.batch_size)
+    return shard_indices(idx[..., 0, :] if self.config.steps_per_dispatch == 1 else idx,
+                         self.mesh)
+
   def progress(self, i: int, epoch: int, batch: int, sums_i: Dict) -> Dict:
     """Where seed i's training stands: the next batch to train is `batch` of `epoch`."""
     return {"epoch": replicate(np.int32(epoch), self.mesh),
@@ -110,7 +124,7 @@ def rng_data(keys: Dict[str, jax.Array], mesh) -> jax.Array:
                    mesh)
 
 
-def check_group(seeds: Sequence[int], workdirs: Sequence[str]) -> None:
+def check_seeds(seeds: Sequence[int], workdirs: Sequence[str]) -> None:
   """One workdir per seed, each listed once."""
   if len(seeds) != len(workdirs) or not seeds:
     raise UserError(f"got {len(seeds)} seeds and {len(workdirs)} workdirs: give one "
