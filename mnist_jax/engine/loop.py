@@ -83,6 +83,7 @@ from mnist_jax.engine.steps import (
   all_finite,
   all_finite_per_seed,
   dispatch_spans,
+  load_train_step,
   make_train_step,
   train_program,
   zero_sums,
@@ -170,6 +171,7 @@ def _check(config: ml_collections.ConfigDict, seeds: Sequence[int],
   splits.validate_splits(config)  # a bad or empty split
   check_batch_size(config.batch_size)
   check_batch_size(config.eval_batch_size, "eval_batch_size")
+  load_train_step(config.train_step)  # a step that cannot be loaded
 
 
 @contextlib.contextmanager

@@ -219,9 +219,9 @@ class MetricWriter:
     self.profiler.after_dispatch(stop - start, state)
     if not (self.events and self.every and stop // self.every > start // self.every):
       return
-    loss_sum, count = _loss_totals(sums, index)
-    self.train_loss(stop, (loss_sum - self._base[0]) / (count - self._base[1]))
-    self._base = (loss_sum, count)
+    loss, count = _loss_totals(sums, index)
+    self.train_loss(stop, (loss - self._base[0]) / (count - self._base[1]))
+    self._base = (loss, count)
 
   def resume_from(self, sums: Dict, index: Optional[int] = None) -> None:
     """The epoch's sums a run resumes with (mid-epoch: not zero), so that its

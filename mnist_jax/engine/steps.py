@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from typing import Callable, Dict, Optional, Tuple
 
 import jax
@@ -120,12 +122,19 @@ def load_train_step(name: str) -> Callable:
   """config.train_step's function, named 'module:function' (the module
   importable from the working directory, or installed)."""
   module_name, _, function_name = name.partition(":")
+  here = os.getcwd()
+  added = here not in sys.path  # e.g. under the `mnist-jax` console script
+  if added:
+    sys.path.append(here)
   try:
     function = getattr(importlib.import_module(module_name), function_name)
   except (ImportError, AttributeError, ValueError) as e:
     raise UserError(f"config.train_step = {name!r} cannot be loaded ({e}): name a "
                     "function as 'module:function', its module importable from the "
                     "working directory, e.g. 'my_steps:train_step'.") from None
+  finally:
+    if added:
+      sys.path.remove(here)
   if not callable(function):
     raise UserError(f"config.train_step = {name!r} is not a function: name one as "
                     "'module:function'.")
