@@ -35,7 +35,7 @@ Each process puts only its own rows of a batch on its devices.
 
 A run checkpoints every `config.checkpoint.every_steps` steps and at each
 epoch end; started again on the same workdir(s) it resumes from the newest
-checkpoint (of several seeds: the newest step all have, engine/resume.py) and
+checkpoint (of several seeds: the newest step all have, engine/seed_stack.py) and
 ends with the same parameters and metrics as an uninterrupted run. A NaN or
 inf loss or train state stops the run before any non-finite state is saved.
 
@@ -65,7 +65,7 @@ from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
 from mnist_jax.core.optim import make_schedule
-from mnist_jax.engine import checkpoint, metric_writer, resume
+from mnist_jax.engine import checkpoint, metric_writer
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine.mesh import (
   check_batch_size,
@@ -75,8 +75,8 @@ from mnist_jax.engine.mesh import (
   shard_batch,
   to_host,
 )
-from mnist_jax.engine.seed_stack import (SeedStack, check_seeds, claim_workdirs, rng_data,
-                                         seed_config)
+from mnist_jax.engine.seed_stack import (SeedStack, align_checkpoints, check_seeds,
+                                         claim_workdirs, resume, rng_data, seed_config)
 from mnist_jax.engine.state import (check_fits_in_memory, create_train_state, run_keys,
                                     steps_per_epoch)
 from mnist_jax.engine.steps import (
@@ -113,9 +113,9 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
     stack, state, zeros = _setup(config, seeds, workdirs, mnist_dir, data, log)
     sums, keys, writers = replicate(zeros, stack.mesh), stack.step_keys(), []
     try:
-      resume.align_checkpoints(stack.mngrs, workdirs, config.num_epochs)  # before compiling
+      align_checkpoints(stack.mngrs, workdirs, config.num_epochs)  # before compiling
       program, compiled, compile_s = _compile(stack, state, sums)
-      state, sums, first_epoch, first_batch = resume.start(stack, state, sums)
+      state, sums, first_epoch, first_batch = resume(stack, state, sums)
       writers = _open_writers(stack, first_epoch, first_batch, sums)
       every, k, steps = config.checkpoint.every_steps, config.steps_per_dispatch, stack.steps
       for epoch in range(first_epoch, config.num_epochs + 1):
@@ -129,7 +129,7 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
           # Saves when the span passed a multiple of every_steps; the epoch's end saves below.
           if every and (done + end) // every > (done + begin) // every and end < steps:
             _check_finite(stack, state, sums, done + end)
-            _save(stack, done + end, state, epoch, end, sums)
+            stack.save(done + end, state, epoch, end, sums)
         jax.block_until_ready((state, sums))  # steps run asynchronously: time them all
         times = (start, time.perf_counter() - start)
         _check_finite(stack, state, sums, epoch * steps)
@@ -137,16 +137,15 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
         # this epoch, and the resumed run drops the lines (run_dir.keep_epochs).
         for i, metrics in enumerate(_epoch_metrics(stack, state, sums, epoch, first_batch, times)):
           writers[i].write_epoch(metrics)
-          _keep_if_best(stack, i, epoch * steps, state, metrics)
+          stack.keep_if_best(i, epoch * steps, state, metrics)
         sums, first_batch = replicate(zeros, stack.mesh), 0
-        _save(stack, epoch * steps, state, epoch + 1, 0, sums)
+        stack.save(epoch * steps, state, epoch + 1, 0, sums)
       for i, writer in enumerate(writers):
         writer.final_state(stack.part(state, i), stack.test, stack.mesh, config.num_epochs * steps)
     finally:
       for writer in writers:
         writer.close()
-      for mngr in stack.mngrs + stack.best_mngrs:
-        checkpoint.finish(mngr)
+      stack.finish_checkpoints()
     return [_final(stack, i, compile_s) for i in range(len(seeds))]
 
 
@@ -297,17 +296,6 @@ def _check_finite(stack: SeedStack, state, sums: Dict, step: int) -> None:
   raise UserError(f"{reason}; lower config.optimizer.learning_rate.")
 
 
-def _save(stack: SeedStack, step: int, state, epoch: int, batch: int, sums: Dict) -> None:
-  """Saves every seed's checkpoint at `step`: one round, started only once the
-  previous round is on disk, so a kill leaves seeds at most one save apart."""
-  for mngr in stack.mngrs:
-    checkpoint.wait(mngr)
-  for i, mngr in enumerate(stack.mngrs):
-    checkpoint.save(mngr, step, stack.part(state, i),
-                    stack.progress(i, epoch, batch, stack.part(sums, i)),
-                    stack.config_records[i])
-
-
 def _epoch_metrics(stack: SeedStack, state, sums, epoch: int, first_batch: int,
                    times: Tuple[float, float]) -> List[Dict]:
   """Each seed's metrics line: train_<key> for every measurement the train
@@ -334,21 +322,6 @@ def _epoch_metrics(stack: SeedStack, state, sums, epoch: int, first_batch: int,
     lines.append(dict(metrics, epoch_time_s=time.perf_counter() - start, train_time_s=train_s,
                       train_images_per_s=trained / train_s))  # each seed's (S x for all)
   return lines
-
-
-def _keep_if_best(stack: SeedStack, i: int, step: int, state, metrics: Dict) -> None:
-  """With select='best_val': keeps seed i's state of its best validation epoch.
-
-  Strictly better only, so the first of equal epochs is kept, as
-  run_dir.selected_index picks it. A redone epoch (resumed after a kill)
-  reaches the same accuracy and is not saved twice.
-  """
-  if not stack.best_mngrs or metrics["val_accuracy"] <= stack.best_val[i]:
-    return
-  stack.best_val[i] = metrics["val_accuracy"]
-  checkpoint.save_best(stack.best_mngrs[i], step, stack.part(state, i),
-                       {"epoch": metrics["epoch"], "val_accuracy": stack.best_val[i]},
-                       stack.config_records[i])
 
 
 def _final(stack: SeedStack, i: int, compile_s: float) -> Dict:
