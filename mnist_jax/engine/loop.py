@@ -50,12 +50,14 @@ the training set (`config.data.validation_size`), which `config.select =
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
 import numpy as np
+from tqdm.auto import tqdm
 
 from mnist_jax.core import config as config_lib
 from mnist_jax.core import data as data_lib
@@ -119,29 +121,33 @@ def train_runs(config: ml_collections.ConfigDict, seeds: Sequence[int],
       writers = _open_writers(stack, first_epoch, first_batch, sums)
       every, k, steps = config.checkpoint.every_steps, config.steps_per_dispatch, stack.steps
       for epoch in range(first_epoch, config.num_epochs + 1):
-        start, orders, done = time.perf_counter(), stack.epoch_orders(epoch), (epoch - 1) * steps
-        for begin, end in dispatch_spans(first_batch, steps, k):
-          train_call = compiled if end - begin == k else program  # a ragged last span
-          state, sums = train_call(state, sums, stack.train_data,
-                                   stack.indices(orders, begin, end), *keys)
-          for i, writer in enumerate(writers):
-            writer.after_span(done + begin, done + end, state, sums, i if stack.stacked else None)
-          # Saves when the span passed a multiple of every_steps; the epoch's end saves below.
-          if every and (done + end) // every > (done + begin) // every and end < steps:
-            _check_finite(stack, state, sums, done + end)
-            stack.save(done + end, state, epoch, end, sums)
+        start, done = time.perf_counter(), (epoch - 1) * steps  # steps before this epoch
+        orders = stack.epoch_orders(epoch)
+        with _progress_bar(epoch, steps - first_batch) as bar:
+          for begin, end in dispatch_spans(first_batch, steps, k):
+            train_call = compiled if end - begin == k else program  # a ragged last span
+            state, sums = train_call(state, sums, stack.train_data,
+                                     stack.indices(orders, begin, end), *keys)
+            bar.update(end - begin)
+            for i, writer in enumerate(writers):  # TensorBoard's loss points, the profiler
+              writer.after_span(done + begin, done + end, state, sums, stack.entry(i))
+            # Saves when the span passed a multiple of every_steps; the epoch's end below.
+            if every and (done + end) // every > (done + begin) // every and end < steps:
+              _check_finite(stack, state, sums, done + end)
+              stack.save(done + end, state, epoch, end, sums)
         jax.block_until_ready((state, sums))  # steps run asynchronously: time them all
         times = (start, time.perf_counter() - start)
         _check_finite(stack, state, sums, epoch * steps)
         # The lines go first: a kill before the checkpoints below are durable redoes
         # this epoch, and the resumed run drops the lines (run_dir.keep_epochs).
-        for i, metrics in enumerate(_epoch_metrics(stack, state, sums, epoch, first_batch, times)):
-          writers[i].write_epoch(metrics)
+        lines = _epoch_metrics(stack, state, sums, epoch, first_batch, times)
+        for i, metrics in enumerate(lines):
+          writers[i].write_epoch(metrics)  # metrics.jsonl, TensorBoard, the log
           stack.keep_if_best(i, epoch * steps, state, metrics)
+        stack.save(epoch * steps, state, epoch + 1, 0, replicate(zeros, stack.mesh))
         sums, first_batch = replicate(zeros, stack.mesh), 0
-        stack.save(epoch * steps, state, epoch + 1, 0, sums)
-      for i, writer in enumerate(writers):
-        writer.final_state(stack.part(state, i), stack.test, stack.mesh, config.num_epochs * steps)
+      for i, writer in enumerate(writers):  # the misclassified digits
+        writer.final_state(stack.part(state, i), stack.test, stack.mesh, epoch * steps)
     finally:
       for writer in writers:
         writer.close()
@@ -211,6 +217,12 @@ def _setup(config, seeds, workdirs, mnist_dir, data, log) -> Tuple[SeedStack, An
           to_host(stack.join([zeros] * len(seeds))))
 
 
+def _progress_bar(epoch: int, total: int) -> tqdm:
+  """The epoch's steps on stderr, when it is a terminal."""
+  return tqdm(total=total, desc=f"epoch {epoch}", leave=False, disable=None,
+              file=sys.stderr)
+
+
 def _compile(stack: SeedStack, state, sums) -> Tuple[Any, Any, float]:
   """(program, compiled, seconds): the train program (engine/steps.py), jitted,
   and compiled ahead of the loop for K = steps_per_dispatch steps per call,
@@ -219,9 +231,11 @@ def _compile(stack: SeedStack, state, sums) -> Tuple[Any, Any, float]:
   `program`, which compiles that shape once, on first use."""
   k = stack.config.steps_per_dispatch
   program = train_program(stack.config, stack.stacked)
+  # Indices of the shape of every full span (K batches), whatever the epoch's length.
+  span = k * stack.config.batch_size
+  orders = np.zeros(stack.epoch_orders(1).shape[:-1] + (span,), np.int32)
+  idx = stack.indices(orders, 0, k)
   start = time.perf_counter()
-  example = np.zeros(k * stack.config.batch_size * len(stack.seeds), np.int32)
-  idx = stack.indices(example.reshape(len(stack.seeds), -1) if stack.stacked else example, 0, k)
   compiled = program.lower(state, sums, stack.train_data, idx, *stack.step_keys()).compile()
   _compile_epoch_end(stack, state, stack.test)
   compile_s = time.perf_counter() - start
@@ -261,7 +275,7 @@ def _open_writers(stack: SeedStack, first_epoch: int, first_batch: int,
       log=stack.log, who=f"seed {seed}: " if stack.stacked else "")
       for i, (w, seed) in enumerate(zip(stack.workdirs, stack.seeds))]
   for i, writer in enumerate(writers):
-    writer.resume_from(sums, i if stack.stacked else None)
+    writer.resume_from(sums, stack.entry(i))
   return writers
 
 
@@ -304,24 +318,27 @@ def _epoch_metrics(stack: SeedStack, state, sums, epoch: int, first_batch: int,
   start, train_s = times
   step = epoch * stack.steps
   per_seed = lambda tree: jax.tree.map(np.atleast_1d, tree)
-  totals = per_seed(to_host({k: v for k, v in sums.items() if k != "first_bad_step"}))
-  evaluated = {name: per_seed(eval_lib.split_sums(state, split, stack.config.eval_batch_size,
-                                                  stack.mesh, stack.stacked))
-               for name, split in (("test", stack.test), ("val", stack.val)) if split is not None}
-  trained = (stack.steps - first_batch) * stack.config.batch_size  # per seed, in this process's life
+  train = per_seed(to_host({k: v for k, v in sums.items() if k != "first_bad_step"}))
+  evaluate = lambda split: per_seed(eval_lib.split_sums(
+      state, split, stack.config.eval_batch_size, stack.mesh, stack.stacked))
+  evaluated = {"test": evaluate(stack.test)}
+  if stack.val is not None:
+    evaluated["val"] = evaluate(stack.val)
+  trained = (stack.steps - first_batch) * stack.config.batch_size  # in this process's life
   lines = []
   for i in range(len(stack.seeds)):
-    count = int(totals["count"][i])
     metrics = {"epoch": epoch, "step": step,
                "learning_rate": float(stack.schedule(step - 1))}
-    metrics.update({f"train_{k}": float(v[i]) / count for k, v in totals.items()
+    count = int(train["count"][i])
+    metrics.update({f"train_{k}": float(v[i]) / count for k, v in train.items()
                     if k != "count"})
-    for name, split_totals in evaluated.items():
-      measured = eval_lib.metrics({k: v[i] for k, v in split_totals.items()})
+    for name, totals in evaluated.items():
+      measured = eval_lib.metrics({k: v[i] for k, v in totals.items()})
       metrics.update({f"{name}_{k}": v for k, v in measured.items()})
-    lines.append(dict(metrics, epoch_time_s=time.perf_counter() - start, train_time_s=train_s,
-                      train_images_per_s=trained / train_s))  # each seed's (S x for all)
-  return lines
+    lines.append(metrics)
+  timings = {"epoch_time_s": time.perf_counter() - start, "train_time_s": train_s,
+             "train_images_per_s": trained / train_s}  # each seed's (S x for all)
+  return [dict(m, **timings) for m in lines]
 
 
 def _final(stack: SeedStack, i: int, compile_s: float) -> Dict:

@@ -77,6 +77,10 @@ class SeedStack:
     """Per-seed trees as the loop holds them (see `join_seeds`)."""
     return join_seeds(trees)
 
+  def entry(self, i: int) -> Optional[int]:
+    """Seed i's index along the leading axis of stacked values; None for one seed."""
+    return i if self.stacked else None
+
   def part(self, tree, i: int):
     """Seed i's entry of a device value (the value itself for one seed)."""
     return unstack(tree, i) if self.stacked else tree
