@@ -73,7 +73,8 @@ def train_arguments(config, mesh):
   train = {"image": jax.ShapeDtypeStruct((TRAIN_IMAGES, 28, 28, 1), jnp.uint8),
            "label": jax.ShapeDtypeStruct((TRAIN_IMAGES,), jnp.int32)}
   keys = jax.eval_shape(lambda: (jax.random.key(1), jax.random.key(2)))  # dropout, augment
-  sums = jax.eval_shape(lambda: zero_sums(make_train_step(config), state, config.batch_size, train))
+  sums = jax.eval_shape(lambda: zero_sums(make_train_step(config), state, config.batch_size,
+                                          train))
   return (placed(state, mesh), placed(sums, mesh), placed(train, mesh),
           idx, *placed(keys, mesh))
 
