@@ -36,9 +36,9 @@ def test_stacked_states_evaluate_like_each_state_alone():
   assert stacked["count"].tolist() == [25.0] * 3
   for i, state in enumerate(states):
     alone = eval_lib.split_sums(state, split, 10)
-    for key in ("loss_sum", "correct"):
+    for key in ("loss", "accuracy"):
       assert stacked[key][i] == pytest.approx(alone[key], rel=1e-6), key
-  assert len({float(x) for x in stacked["loss_sum"]}) == 3  # three different models
+  assert len({float(x) for x in stacked["loss"]}) == 3  # three different models
 
 
 def test_probabilities_are_the_softmax_of_each_image_padding_dropped():

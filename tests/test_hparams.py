@@ -14,8 +14,8 @@ from test_tensorboard import random_splits, tiny_config
 
 def train_output(capsys, monkeypatch, *overrides):
   """stdout of `train --config configs/mlp.py OVERRIDES`, its training faked."""
-  monkeypatch.setattr(loop, "train_and_evaluate", lambda config, workdir, **_: {
-      "epoch": config.num_epochs, "test_accuracy": 0.5, "test_loss": 1.0})
+  monkeypatch.setattr(loop, "train_runs", lambda config, seeds, workdirs, **_: [{
+      "epoch": config.num_epochs, "test_accuracy": 0.5, "test_loss": 1.0}])
   monkeypatch.setenv("XLA_FLAGS", "")  # the command sets its GPU flag there
   with pytest.raises(SystemExit) as exited:
     cli.run(["train", "--config", "configs/mlp.py", "--workdir", "unused", *overrides])

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from mnist_jax.core import config as config_lib
 from mnist_jax.engine import evaluate as eval_lib
 from mnist_jax.engine import state as state_lib
-from mnist_jax.engine.steps import train_program, zero_sums
+from mnist_jax.engine.steps import make_train_step, train_program, zero_sums
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The default CNN and the MLP in the fast tier, the other configs in the slow one.
@@ -73,7 +73,9 @@ def train_arguments(config, mesh):
   train = {"image": jax.ShapeDtypeStruct((TRAIN_IMAGES, 28, 28, 1), jnp.uint8),
            "label": jax.ShapeDtypeStruct((TRAIN_IMAGES,), jnp.int32)}
   keys = jax.eval_shape(lambda: (jax.random.key(1), jax.random.key(2)))  # dropout, augment
-  return (placed(state, mesh), placed(jax.eval_shape(zero_sums), mesh), placed(train, mesh),
+  sums = jax.eval_shape(lambda: zero_sums(make_train_step(config), state, config.batch_size,
+                                          train))
+  return (placed(state, mesh), placed(sums, mesh), placed(train, mesh),
           idx, *placed(keys, mesh))
 
 

@@ -76,7 +76,7 @@ def test_one_adam_step_of_the_mlp_is_the_numpy_oracles():
 
   new_state, metrics = jax.jit(steps_lib.train_step)(state, batch, jax.random.key(1))
 
-  assert float(metrics["loss_sum"]) / 32 == pytest.approx(loss, rel=1e-5)
+  assert float(metrics["loss"]) / 32 == pytest.approx(loss, rel=1e-5)
   ours_mu, ours_nu = adam_moments(new_state.opt_state)
   scale = max(np.abs(g).max() for g in jax.tree.leaves(grads))
   for ours, theirs, unit in ((ours_mu, mu, scale), (ours_nu, nu, scale ** 2)):

@@ -160,3 +160,37 @@ def test_dispatch_spans_cover_the_epoch_and_realign_after_a_resume():
   assert list(steps_lib.dispatch_spans(5, 10, 4)) == [(5, 8), (8, 10)]
   assert list(steps_lib.dispatch_spans(3, 5, 1)) == [(3, 4), (4, 5)]
   assert list(steps_lib.dispatch_spans(10, 10, 4)) == []
+
+
+def test_a_checkpoint_that_names_its_sums_as_older_code_did_resumes_to_the_same_bits(
+    uninterrupted, small_data, tmp_path):
+  """Older code saved the epoch's running sums as loss_sum and correct (now
+  loss and accuracy, the train step's own names): such a mid-epoch
+  checkpoint resumes, and the run ends as if never stopped."""
+  import shutil
+
+  import orbax.checkpoint as ocp
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  mngr = checkpoint.manager(str(workdir))
+  step = 189  # mid-epoch 2; the newer ones go, as after a kill
+  for newer in [s for s in mngr.all_steps() if s > step]:
+    mngr.delete(newer)
+  raw = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), progress=ocp.args.StandardRestore(),
+      config=ocp.args.JsonRestore()))
+  sums = dict(raw["progress"]["sums"])
+  sums["loss_sum"], sums["correct"] = sums.pop("loss"), sums.pop("accuracy")
+  mngr.delete(step)
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(raw["state"]),
+      progress=ocp.args.StandardSave(dict(raw["progress"], sums=sums)),
+      config=ocp.args.JsonSave(raw["config"])))
+  mngr.wait_until_finished()
+  mngr.close()
+  run_dir.keep_epochs(str(workdir), 1)
+  train_and_evaluate(make_config(OVERRIDES), str(workdir), data=load_small(small_data),
+                     verbose=False)
+  assert without_times(run_dir.read_metrics(workdir)) == without_times(
+      run_dir.read_metrics(uninterrupted))
+  assert_same_bits(final_params(workdir), final_params(uninterrupted))

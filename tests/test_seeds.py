@@ -18,7 +18,7 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.core import data, run_dir
-from mnist_jax.engine import checkpoint, group as group_lib
+from mnist_jax.engine import checkpoint, seed_stack
 from mnist_jax.engine import loop as loop_lib, mesh as mesh_lib, restore as restore_lib
 
 from helpers import REPO, assert_same_bits, final_params, without_times
@@ -78,7 +78,7 @@ def test_each_seed_equals_its_run_alone(tmp_path, make_config, steps_per_dispatc
   assert together[0]["test_loss"] != together[1]["test_loss"]
   for seed, workdir, result in zip(SEEDS, dirs, together):
     alone_dir = str(tmp_path / f"alone{seed}")
-    alone = loop_lib.train_and_evaluate(group_lib.seed_config(config, seed), alone_dir,
+    alone = loop_lib.train_and_evaluate(seed_stack.seed_config(config, seed), alone_dir,
                                         data=splits, verbose=False)
     assert run_dir.read_config(workdir).seed == seed
     assert result["selected_epoch"] == alone["selected_epoch"]

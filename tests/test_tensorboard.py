@@ -116,9 +116,9 @@ def test_a_resumed_run_shows_each_epoch_once(tmp_path):
 
 def test_an_epochs_points_are_in_the_file_before_the_writer_closes(tmp_path):
   """What a SIGKILL after an epoch leaves: the unclosed file already holds its points."""
-  writer = metric_writer.RunWriter(str(tmp_path), tiny_config(), start_step=0,
-                                   profile=False)
-  writer.epoch({"epoch": 1, "step": 3, "test_accuracy": 0.5, "train_loss": 1.25})
+  writer = metric_writer.MetricWriter(str(tmp_path), tiny_config(), start_step=0,
+                                      profile=False)
+  writer.tensorboard_epoch({"epoch": 1, "step": 3, "test_accuracy": 0.5, "train_loss": 1.25})
   events = reader(str(tmp_path))
   assert points(events, "epoch/test_accuracy") == [(3, 0.5)]
   assert points(events, "epoch/train_loss") == [(3, 1.25)]

@@ -42,7 +42,7 @@ def test_golden_one_step_loss_of_default_cnn():
   state, metrics = jax.jit(steps_lib.train_step)(state, batch, jax.random.key(1))
   assert int(state.step) == 1
   assert before == pytest.approx(GOLDEN_EVAL_LOSS_BEFORE, rel=1e-4)
-  assert float(metrics["loss_sum"]) / 32 == pytest.approx(GOLDEN_TRAIN_LOSS, rel=1e-4)
+  assert float(metrics["loss"]) / 32 == pytest.approx(GOLDEN_TRAIN_LOSS, rel=1e-4)
   assert eval_loss(state, batch) == pytest.approx(GOLDEN_EVAL_LOSS_AFTER, rel=1e-4)
 
 
@@ -90,7 +90,7 @@ def test_train_step_learns_a_fixed_batch():
   losses = []
   for _ in range(30):
     state, m = step(state, batch, jax.random.key(0))
-    losses.append(float(m["loss_sum"]) / 32)
+    losses.append(float(m["loss"]) / 32)
   assert losses[-1] < 0.2 * losses[0]
 
 

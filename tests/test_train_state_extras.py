@@ -89,9 +89,9 @@ def test_batch_norm_stats_update_in_training_and_are_used_in_evaluation():
   ours = eval_lib.eval_step(state1.apply_fn, state1.params, batch, state1.batch_stats)
   logits = state1.apply_fn({"params": state1.params, "batch_stats": state1.batch_stats},
                            data.scale_pixels(split.images), train=False)
-  assert float(ours["correct"]) == float(np.sum(np.argmax(logits, -1) == split.labels))
+  assert float(ours["accuracy"]) == float(np.sum(np.argmax(logits, -1) == split.labels))
   other = eval_lib.eval_step(state1.apply_fn, state1.params, batch, state.batch_stats)
-  assert float(other["loss_sum"]) != pytest.approx(float(ours["loss_sum"]))
+  assert float(other["loss"]) != pytest.approx(float(ours["loss"]))
 
 
 def test_models_without_batch_norm_have_empty_stats_and_unchanged_checkpoints():
@@ -184,7 +184,7 @@ def test_augmentation_off_is_the_plain_step_and_on_is_seeded_per_step():
 
   def loss(s, aug_rng=None, augment=None):
     step = jax.jit(functools.partial(steps_lib.train_step, augment=augment))
-    return float(step(s, batch, jax.random.key(1), aug_rng=aug_rng)[1]["loss_sum"])
+    return float(step(s, batch, jax.random.key(1), aug_rng=aug_rng)[1]["loss"])
 
   plain = loss(state)
   off = _aug_config(enabled=False, translate_frac=0.2)

@@ -44,14 +44,16 @@ def test_selection_picks_the_first_best_validation_epoch_never_the_test():
     run_dir.selected_index([{"epoch": 1, "test_accuracy": 0.9}], "best_val")
 
 
-def test_metric_lines_allow_validation_keys_but_no_unknown_ones(tmp_path):
+def test_metric_lines_need_the_read_keys_and_keep_any_other_measurement(tmp_path):
   line = dict({k: 0 for k in run_dir.METRIC_KEYS}, val_loss=0.1, val_accuracy=0.9)
+  measured = dict(line, epoch=2, train_grad_norm=1.5)
   run_dir.append_metrics(str(tmp_path), line)
-  with pytest.raises(ValueError, match="unknown keys.*val_acc"):
-    run_dir.append_metrics(str(tmp_path), dict(line, val_acc=0.9))
-  with pytest.raises(ValueError, match="lack.*test_accuracy"):
-    run_dir.append_metrics(str(tmp_path), {"epoch": 2})
-  assert run_dir.read_metrics(str(tmp_path)) == [line]
+  run_dir.append_metrics(str(tmp_path), measured)
+  with pytest.raises(ValueError, match="lacks.*test_accuracy"):
+    run_dir.append_metrics(str(tmp_path), {"epoch": 3})
+  with pytest.raises(ValueError, match="train_grad_norm.*not a number"):
+    run_dir.append_metrics(str(tmp_path), dict(measured, epoch=3, train_grad_norm="x"))
+  assert run_dir.read_metrics(str(tmp_path)) == [line, measured]
 
 
 def test_keys_added_to_base_config_later_do_not_refuse_an_old_run():

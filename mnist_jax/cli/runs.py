@@ -76,19 +76,17 @@ def _config_line(fv: flags.FlagValues) -> str:
 def train(fv: flags.FlagValues, args: List[str]) -> int:
   config = fv.config
   print(_config_line(fv), flush=True)
-  if fv.seeds is None:
-    start_jax(fv)
-    from mnist_jax.engine.loop import train_and_evaluate
-    final = train_and_evaluate(config, fv.workdir, mnist_dir=fv.data_dir, force=fv.force)
-    print(f"{_final_line(config, final)}; run saved in {fv.workdir}")
-    return 0
-  seeds = parse_seeds(fv.seeds)
-  workdirs = [os.path.join(fv.workdir, f"seed{s}") for s in seeds]
+  if fv.seeds is None:  # the config's seed, in WORKDIR itself
+    seeds, workdirs = [config.seed], [fv.workdir]
+  else:
+    seeds = parse_seeds(fv.seeds)
+    workdirs = [os.path.join(fv.workdir, f"seed{s}") for s in seeds]
   start_jax(fv)
   from mnist_jax.engine.loop import train_runs
   finals = train_runs(config, seeds, workdirs, mnist_dir=fv.data_dir, force=fv.force)
   for seed, workdir, final in zip(seeds, workdirs, finals):
-    print(f"seed {seed}: {_final_line(config, final)}; run saved in {workdir}")
+    who = "" if fv.seeds is None else f"seed {seed}: "
+    print(f"{who}{_final_line(config, final)}; run saved in {workdir}")
   return 0
 
 

@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   # 7x slower than separate calls (docs/decisions.md).
   config.steps_per_dispatch = 1
   config.label_smoothing = 0.0
+  # The train step, 'module:function' (the module importable from the working
+  # directory, or installed): a variant with its own measurements is named
+  # here (docs/extending.md, "Adding a metric").
+  config.train_step = "mnist_jax.engine.steps:train_step"
   # Evaluate with an exponential moving average of the weights, updated each
   # step as ema = d * ema + (1 - d) * params; 0 = off.
   config.ema_decay = 0.0

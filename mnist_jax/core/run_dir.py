@@ -3,7 +3,8 @@
   <workdir>/config.json     the run's full config
   <workdir>/train.lock      held (fcntl.flock) by the process training the run;
                             holds its PID while held, nothing otherwise
-  <workdir>/metrics.jsonl   one JSON object per epoch (keys in METRIC_KEYS)
+  <workdir>/metrics.jsonl   one JSON object per epoch: METRIC_KEYS, and every
+                            other measurement of the train step and evaluator
   <workdir>/checkpoints/    orbax checkpoints of the train state
   <workdir>/best_checkpoint/  the best epoch's state by validation accuracy
                             (only with config.select = 'best_val')
@@ -68,15 +69,16 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, EXTRAS_FILE, REJECTED_FILE, FAILED_FILE,
              DIVERGED_FILE)
 RUN_DIRS = (CHECKPOINT_DIR, BEST_CHECKPOINT_DIR, PROFILE_DIR)
 
-# Every epoch line of metrics.jsonl has these keys...
+# Every epoch line of metrics.jsonl has these keys, which resuming, tables and
+# plots read; it has any others the train step and the evaluator measure
+# (val_loss, val_accuracy and val_count with config.data.validation_size),
+# written as they come. Every value is a number.
 METRIC_KEYS = (
     "epoch", "step", "learning_rate",
     "train_loss", "train_accuracy",
     "test_loss", "test_accuracy", "test_count",
     "epoch_time_s", "train_time_s", "train_images_per_s",
 )
-# ...and these when the run has a validation split (config.data.validation_size).
-OPTIONAL_METRIC_KEYS = ("val_loss", "val_accuracy", "val_count")
 # Keys that differ between two runs of one config (wall-clock measurements).
 TIMING_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 SELECTIONS = ("last", "best_val")
@@ -342,13 +344,9 @@ def append_metrics(workdir: str, metrics: Dict) -> None:
   fsync keeps the line through a crash; a line cut all the same (a full disk)
   is the file's last, which readers drop (read_metrics).
   """
-  missing = set(METRIC_KEYS) - set(metrics)
-  if missing:
-    raise ValueError(f"epoch metrics lack {sorted(missing)}")
-  unknown = set(metrics) - set(METRIC_KEYS) - set(OPTIONAL_METRIC_KEYS)
-  if unknown:
-    raise ValueError(f"epoch metrics have unknown keys {sorted(unknown)}: add "
-                     "them to run_dir.METRIC_KEYS or OPTIONAL_METRIC_KEYS")
+  problem = _line_problem(metrics)
+  if problem:
+    raise ValueError(f"not an epoch line: {problem}")
   path = os.path.join(workdir, METRICS_FILE)
   try:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -461,8 +459,7 @@ def _line_problem(metrics: Dict) -> Optional[str]:
     return f"it lacks {', '.join(missing)}"
   if type(metrics["epoch"]) is not int:
     return f"epoch = {metrics['epoch']!r} is not a whole number"
-  for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
-    value = metrics.get(key, 0)
+  for key, value in metrics.items():
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       return f"{key} = {value!r} is not a number"
   return None

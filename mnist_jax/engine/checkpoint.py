@@ -381,11 +381,28 @@ def restore(mngr: ocp.CheckpointManager, template_state,
   checkpoints' configs were checked first (check_resumable)."""
   found = _newest_readable(mngr, lambda step: ocp.args.Composite(
       state=_state_restore(mngr, step, template_state),
-      progress=ocp.args.StandardRestore(_abstract(template_progress))), drop=True)
+      progress=ocp.args.StandardRestore(_abstract(_saved_sums_names(
+          mngr, step, template_progress)))), drop=True)
   if found is None:
     return None
   restored = found[1]
-  return _from_item(template_state, restored["state"]), restored["progress"]
+  progress = dict(restored["progress"], sums={
+      _RENAMED_SUMS.get(k, k): v for k, v in restored["progress"]["sums"].items()})
+  return _from_item(template_state, restored["state"]), progress
+
+
+# Running sums that older checkpoints saved under other names: old -> new.
+_RENAMED_SUMS = {"loss_sum": "loss", "correct": "accuracy"}
+
+
+def _saved_sums_names(mngr: ocp.CheckpointManager, step: int, progress):
+  """`progress` with its sums named as checkpoint `step` saved them."""
+  try:
+    saved = set(mngr.item_metadata(step)["progress"]["sums"].keys())
+  except Exception:  # noqa: BLE001 -- unreadable: restoring it says so
+    return progress
+  old = {new: old for old, new in _RENAMED_SUMS.items() if old in saved}
+  return dict(progress, sums={old.get(k, k): v for k, v in progress["sums"].items()})
 
 
 def _reader(directory: str, items) -> Optional[ocp.CheckpointManager]:

@@ -39,12 +39,14 @@ def _logits(apply_fn, params, batch: Batch, batch_stats):
 
 
 def eval_step(apply_fn, params, batch: Batch, batch_stats=None) -> Dict:
-  """Sums of loss and correct predictions over the real (mask=1) examples."""
+  """Sums over the real (mask=1) examples, as the train step measures: loss,
+  accuracy (correct predictions) and count. A key added here is written as
+  test_<key> and val_<key> = sum / count with nothing else to edit."""
   logits_BxC = _logits(apply_fn, params, batch, batch_stats)
   mask_B = batch["mask"]
   losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["label"])
   correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(losses_B * mask_B), "correct": jnp.sum(correct_B * mask_B),
+  return {"loss": jnp.sum(losses_B * mask_B), "accuracy": jnp.sum(correct_B * mask_B),
           "count": jnp.sum(mask_B)}
 
 
@@ -90,7 +92,7 @@ def _device_batches(split: data_lib.Split, batch_size: int, mesh):
 
 def split_sums(state: TrainState, split: data_lib.Split, batch_size: int, mesh=None,
                stacked: bool = False) -> Dict[str, np.ndarray]:
-  """{loss_sum, correct, count} over every image of `split`, on the host.
+  """eval_step's sums (loss, accuracy, count) over every image of `split`, on the host.
 
   float32 scalars, or with `stacked` arrays with one entry per state. Each
   state's totals are summed alone (a contiguous 1-D numpy sum), so a stacked
@@ -109,10 +111,11 @@ def split_sums(state: TrainState, split: data_lib.Split, batch_size: int, mesh=N
 
 
 def metrics(totals: Dict) -> Dict[str, float]:
-  """Loss and accuracy from one state's split_sums."""
+  """Each measurement of one state's split_sums per example (loss, accuracy,
+  ...), and the count."""
   count = float(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / count,
-          "accuracy": float(totals["correct"]) / count, "count": int(count)}
+  means = {k: float(v) / count for k, v in totals.items() if k != "count"}
+  return dict(means, count=int(count))
 
 
 def evaluate(state: TrainState, split: data_lib.Split, batch_size: int,

@@ -1,4 +1,9 @@
-"""TensorBoard events and a profile for every run, beside metrics.jsonl.
+"""One run's metrics, written to metrics.jsonl, TensorBoard and the log.
+
+`MetricWriter` fans each epoch's line out to the three (as CLU's
+MultiWriter does): every key the train step and the evaluator measure is
+written to all of them, with no list of names to update. It also profiles
+and, at the end, draws the misclassified digits.
 
 Events go into the run directory itself, so `tensorboard --logdir runs/`
 shows every run of a study side by side, named by its path (cnn_k3/seed_0).
@@ -28,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -132,12 +137,30 @@ def mistakes_table(labels_N: np.ndarray, probs_NxC: np.ndarray,
 
 
 def _loss_totals(sums: Dict, index: Optional[int] = None) -> Tuple[float, int]:
-  """(loss_sum, count) of the loop's running sums (entry `index` of stacked
+  """(loss, count) sums of the loop's running sums (entry `index` of stacked
   ones): a host sync."""
-  totals = to_host({k: sums[k] for k in ("loss_sum", "count")})
+  totals = to_host({k: sums[k] for k in ("loss", "count")})
   if index is not None:
     totals = {k: v[index] for k, v in totals.items()}
-  return float(totals["loss_sum"]), int(totals["count"])
+  return float(totals["loss"]), int(totals["count"])
+
+
+_SHORT_NAMES = {"accuracy": "acc"}
+
+
+def epoch_line(m: Dict, who: str = "") -> str:
+  """The epoch's log line: each split's measurements (loss and accuracy
+  first, then the others by name), the epoch's time and speed."""
+  parts = [f"{who}epoch {m['epoch']:3d}"]
+  for split in ("train", "val", "test"):
+    names = [k[len(split) + 1:] for k in m if k.startswith(f"{split}_")
+             and k not in run_dir.TIMING_KEYS and k != f"{split}_count"]
+    names.sort(key=lambda n: (n != "loss", n != "accuracy", n))
+    if names:
+      parts.append(f"{split} " + " ".join(
+          f"{_SHORT_NAMES.get(n, n)} {m[f'{split}_{n}']:.4f}" for n in names))
+  parts.append(f"{m['epoch_time_s']:.1f}s ({m['train_images_per_s']:,.0f} img/s)")
+  return "  ".join(parts)
 
 
 # The epoch/* scalars the HParams tab shows beside each run's hyperparameters.
@@ -160,16 +183,20 @@ def write_hparams(events: SummaryWriter, config: ml_collections.ConfigDict) -> N
     events._get_file_writer().add_summary(summary)
 
 
-class RunWriter:
-  """The loop's TensorBoard writer (and profiler) for one process's life.
+class MetricWriter:
+  """One run's metric writer (and profiler) for one process's life.
 
-  Only process 0 writes events (`enabled`); every process profiles itself.
-  `config` is the run's own (its seed's); `start_step` is the step the run
-  (re)starts from.
+  `write_epoch` appends the epoch's line to metrics.jsonl, adds its numbers
+  to TensorBoard and logs it. Only process 0 writes files (`enabled`); every
+  process profiles itself and logs (`log`, None: no log line; `who` starts
+  each line). `config` is the run's own (its seed's); `start_step` is the
+  step the run (re)starts from.
   """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, start_step: int,
-               enabled: bool = True, profile: bool = True):
+               enabled: bool = True, profile: bool = True,
+               log: Optional[Callable[[str], None]] = None, who: str = ""):
+    self.workdir, self.enabled, self.log, self.who = workdir, enabled, log, who
     self.every = int(config.log_every_steps)
     self.mistakes = int(config.log_misclassified)
     self.eval_batch_size = config.eval_batch_size
@@ -183,7 +210,7 @@ class RunWriter:
                                  config.profile_steps if profile else 0)
     if self.events:
       write_hparams(self.events, config)
-    self._base = (0.0, 0)  # (loss_sum, count) of this epoch's sums at the last point
+    self._base = (0.0, 0)  # (loss, count) sums of this epoch's sums at the last point
 
   def after_span(self, start: int, stop: int, state, sums: Dict,
                  index: Optional[int] = None) -> None:
@@ -192,9 +219,9 @@ class RunWriter:
     self.profiler.after_dispatch(stop - start, state)
     if not (self.events and self.every and stop // self.every > start // self.every):
       return
-    loss_sum, count = _loss_totals(sums, index)
-    self.train_loss(stop, (loss_sum - self._base[0]) / (count - self._base[1]))
-    self._base = (loss_sum, count)
+    loss, count = _loss_totals(sums, index)
+    self.train_loss(stop, (loss - self._base[0]) / (count - self._base[1]))
+    self._base = (loss, count)
 
   def resume_from(self, sums: Dict, index: Optional[int] = None) -> None:
     """The epoch's sums a run resumes with (mid-epoch: not zero), so that its
@@ -206,8 +233,16 @@ class RunWriter:
     if self.events:
       self.events.add_scalar("step/train_loss", value, step)
 
-  def epoch(self, metrics: Dict) -> None:
-    """The epoch's metrics.jsonl line, at the step of the epoch's end."""
+  def write_epoch(self, metrics: Dict) -> None:
+    """The epoch's line, to every destination."""
+    if self.enabled:
+      run_dir.append_metrics(self.workdir, metrics)
+    self.tensorboard_epoch(metrics)
+    if self.log:
+      self.log(epoch_line(metrics, self.who))
+
+  def tensorboard_epoch(self, metrics: Dict) -> None:
+    """The epoch's numbers as epoch/<key> points, at the step of the epoch's end."""
     if not self.events:
       return
     for key, value in metrics.items():

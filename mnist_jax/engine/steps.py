@@ -1,6 +1,9 @@
 """Pure training steps: (state, sums, batch, keys) -> (state, sums), jitted by the loop.
 
-The train step is a pure function (state, batch, rng) -> (state, metrics).
+The train step is a pure function (state, batch, rng) -> (state, metrics),
+`config.train_step` ('module:function', this module's `train_step` by
+default), so a variant of the step, with its own measurements, is a config
+change (docs/extending.md).
 `config.steps_per_dispatch` = K > 1 runs K steps per call, as a scan over K
 batches' indices: for a model whose step is about a millisecond (the MLP) the
 host's per-call work is then paid once per K steps (docs/performance.md).
@@ -11,7 +14,7 @@ calls (docs/decisions.md), so the loop calls these per span, not per epoch.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,8 @@ import optax
 
 from mnist_jax.core import augment as augment_lib
 from mnist_jax.core import data as data_lib
+from mnist_jax.core import user_code
+from mnist_jax.core.errors import UserError
 from mnist_jax.engine.state import TrainState, step_options
 
 Batch = Dict[str, jax.Array]
@@ -76,7 +81,13 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                aug_rng: Optional[jax.Array] = None,
                augment: Optional[ml_collections.ConfigDict] = None
                ) -> Tuple[TrainState, Dict]:
-  """One optimiser update on `batch`; metrics are sums, not means.
+  """One optimiser update on `batch`, and its measurements.
+
+  Each measurement is a sum over the batch's examples, with `count` the
+  number of examples: the loop adds every key over the epoch and writes
+  train_<key> = sum / count (loss: the mean loss; accuracy: the fraction
+  correct). A key added here is written to metrics.jsonl, TensorBoard and
+  the epoch line with nothing else to edit (docs/extending.md).
 
   `rng` is the run's dropout key and `aug_rng` its augmentation key (needed
   when `augment.enabled`); both are folded with the step number here.
@@ -98,85 +109,96 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array,
   if state.ema_params is not None:
     state = ema_update(state)
   metrics = {
-      "loss_sum": loss * labels.shape[0],
-      "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+      "loss": loss * labels.shape[0],
+      "accuracy": jnp.sum(jnp.argmax(logits, -1) == labels),
       "count": jnp.asarray(labels.shape[0], jnp.int32),
   }
   return state, metrics
 
 
-def zero_sums() -> Dict[str, jax.Array]:
-  """An epoch's running train sums before its first step."""
-  return {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
-          "count": jnp.zeros((), jnp.int32),
-          "first_bad_step": jnp.full((), -1, jnp.int32)}
+def load_train_step(name: str) -> Callable:
+  """config.train_step's function, named 'module:function' (the module
+  importable from the working directory, or installed)."""
+  module_name, _, function_name = name.partition(":")
+  try:
+    function = getattr(user_code.import_from_working_directory(module_name), function_name)
+  except (ImportError, AttributeError, ValueError) as e:
+    raise UserError(f"config.train_step = {name!r} cannot be loaded ({e}): name a "
+                    "function as 'module:function', its module importable from the "
+                    "working directory, e.g. 'my_steps:train_step'.") from None
+  if not callable(function):
+    raise UserError(f"config.train_step = {name!r} is not a function: name one as "
+                    "'module:function'.")
+  return function
 
 
-def accumulate_step(state: TrainState, sums: Dict, batch: Batch, rng: jax.Array,
-                    aug_rng: jax.Array, **step_options) -> Tuple[TrainState, Dict]:
-  """`train_step`, adding its metrics to the epoch's running sums on device.
-
-  Summing on device, in step order, needs no host sync per step and gives the
-  same bits whether or not the epoch was interrupted (the sums are
-  checkpointed). `first_bad_step` is the first step whose loss was NaN or inf
-  (-1: none), read at the next checkpoint.
-  """
-  state, metrics = train_step(state, batch, rng, aug_rng=aug_rng, **step_options)
-  bad = ~jnp.isfinite(metrics["loss_sum"]) & (sums["first_bad_step"] < 0)
-  return state, {
-      "loss_sum": sums["loss_sum"] + metrics["loss_sum"],
-      "correct": sums["correct"] + metrics["correct"],
-      "count": sums["count"] + metrics["count"],
-      "first_bad_step": jnp.where(bad, state.step.astype(jnp.int32),
-                                  sums["first_bad_step"]),
-  }
+def make_train_step(config: ml_collections.ConfigDict) -> Callable:
+  """config.train_step with the config's options bound:
+  fn(state, batch, rng, aug_rng=...) -> (state, measurements)."""
+  return functools.partial(load_train_step(config.train_step), **step_options(config))
 
 
-def gather_step(state: TrainState, sums: Dict, train_data: Batch, idx_B: jax.Array,
-                rng: jax.Array, aug_rng: jax.Array, **step_options
-                ) -> Tuple[TrainState, Dict]:
-  """`accumulate_step` on the batch `train_data[idx_B]`, gathered on the device.
+def zero_sums(train_step: Callable, state: TrainState, batch_size: int,
+              train_data: Batch) -> Dict[str, jax.Array]:
+  """An epoch's running sums before its first step: a zero of each measurement
+  `train_step` (make_train_step's) returns, shaped by tracing it alone, and
+  `first_bad_step` = -1 (no NaN or inf loss yet)."""
+  batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
+           for k, v in train_data.items()}
+  key = jax.random.key(0)
+  _, measured = jax.eval_shape(lambda s, b: train_step(s, b, key, aug_rng=key), state, batch)
+  sums = {k: jnp.zeros(v.shape, v.dtype) for k, v in measured.items()}
+  return dict(sums, first_bad_step=jnp.full((), -1, jnp.int32))
+
+
+def _step_and_add(train_step: Callable, train_data: Batch, rng: jax.Array,
+                  aug_rng: jax.Array, carry: Tuple[TrainState, Dict], idx_B: jax.Array):
+  """`train_step` on the batch train_data[idx_B], its measurements added to
+  the epoch's running sums: ((state, sums), None), a lax.scan body.
 
   The training set is put on the device once per run, so a step sends only
   its indices: no host gather and no image transfer per step, host work that
   at the MLP's ~1 ms per step competes with XLA for the same cores
-  (docs/performance.md).
+  (docs/performance.md). Summing on device, in step order, needs no host sync
+  per step and gives the same bits whether or not the epoch was interrupted
+  (the sums are checkpointed). `first_bad_step` is the first step whose loss
+  was NaN or inf (-1: none), read at the next checkpoint.
   """
+  state, sums = carry
   batch = {"image": train_data["image"][idx_B], "label": train_data["label"][idx_B]}
-  return accumulate_step(state, sums, batch, rng, aug_rng, **step_options)
-
-
-def gather_steps(state: TrainState, sums: Dict, train_data: Batch,
-                 idx_KxB: jax.Array, rng: jax.Array, aug_rng: jax.Array,
-                 **step_options) -> Tuple[TrainState, Dict]:
-  """K `gather_step`s in one call, in order, on the batches idx_KxB[0..K-1].
-
-  The same steps as K calls of `gather_step` (each folds its keys with the
-  step number it reaches), as a lax.scan so the host dispatches once.
-  """
-  def one_step(carry, idx_B):
-    return gather_step(*carry, train_data, idx_B, rng, aug_rng, **step_options), None
-
-  (state, sums), _ = jax.lax.scan(one_step, (state, sums), idx_KxB)
-  return state, sums
+  state, measured = train_step(state, batch, rng, aug_rng=aug_rng)
+  bad = ~jnp.isfinite(measured["loss"]) & (sums["first_bad_step"] < 0)
+  added = {k: sums[k] + measured[k] for k in measured}
+  added["first_bad_step"] = jnp.where(bad, state.step.astype(jnp.int32),
+                                      sums["first_bad_step"])
+  return (state, added), None
 
 
 def train_program(config: ml_collections.ConfigDict, stacked: bool = False,
                   steps_per_call: Optional[int] = None):
   """The training loop's call, jitted with the state and sums donated:
-  fn(state, sums, train_data, idx, rng, aug_rng).
+  fn(state, sums, train_data, idx, rng, aug_rng) -> (state, sums).
 
-  K = steps_per_call (default config.steps_per_dispatch) steps per call:
-  `gather_step` on idx_B when K = 1, `gather_steps` on idx_KxB otherwise.
+  K = steps_per_call (default config.steps_per_dispatch) steps per call: one
+  step on the batch idx_B when K = 1; K steps in order on the batches idx_KxB
+  as a lax.scan otherwise (each folds its keys with the step number it
+  reaches, so the same steps as K calls), dispatched by the host once.
   `stacked`: the same function under jax.vmap over states, sums, indices and
   keys stacked along a leading axis (one entry per seed), the training set
   shared: several seeds in one compiled program.
   """
   k = config.steps_per_dispatch if steps_per_call is None else steps_per_call
-  fn = functools.partial(gather_step if k == 1 else gather_steps, **step_options(config))
+  train_step = make_train_step(config)
+
+  def program(state, sums, train_data, idx, rng, aug_rng):
+    step = functools.partial(_step_and_add, train_step, train_data, rng, aug_rng)
+    if k == 1:
+      return step((state, sums), idx)[0]
+    return jax.lax.scan(step, (state, sums), idx)[0]
+
   if stacked:
-    fn = jax.vmap(fn, in_axes=(0, 0, None, 0, 0, 0))
-  return jax.jit(fn, donate_argnums=(0, 1))
+    program = jax.vmap(program, in_axes=(0, 0, None, 0, 0, 0))
+  return jax.jit(program, donate_argnums=(0, 1))
 
 
 @jax.jit

@@ -50,7 +50,7 @@ import numpy as np
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.engine import evaluate as eval_lib, loop as loop_lib, mesh as mesh_lib
 from mnist_jax.engine import state as state_lib, steps as steps_lib
-from mnist_jax.engine.group import join_seeds
+from mnist_jax.engine.seed_stack import join_seeds
 from mnist_jax.core.config import apply_overrides, has_field, load_config_file
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models import build_model
@@ -104,15 +104,17 @@ class TrainCall:
   """The training loop's train call (engine/steps.train_program, one step per
   call) on one fixed batch, which is the whole training set it gathers from:
   for one seed, or for `num_seeds` > 1 seeds' states stacked and the same
-  call under jax.vmap, as engine/loop.py trains a group of seeds."""
+  call under jax.vmap, as engine/loop.py trains several seeds."""
 
   def __init__(self, config: ml_collections.ConfigDict, num_seeds: int, train_data, mesh):
     self.num_seeds, self.train_data = num_seeds, train_data
     keys = [state_lib.run_keys(seed) for seed in range(num_seeds)]
-    self.state = mesh_lib.replicate(join_seeds([
-        state_lib.create_train_state(config, k["init"], steps_per_epoch=STEPS_PER_EPOCH)
-        for k in keys]), mesh)
-    self.sums = mesh_lib.replicate(join_seeds([steps_lib.zero_sums()] * num_seeds), mesh)
+    states = [state_lib.create_train_state(config, k["init"], steps_per_epoch=STEPS_PER_EPOCH)
+              for k in keys]
+    self.state = mesh_lib.replicate(join_seeds(states), mesh)
+    zeros = steps_lib.zero_sums(steps_lib.make_train_step(config), states[0],
+                                config.batch_size, train_data)
+    self.sums = mesh_lib.replicate(join_seeds([zeros] * num_seeds), mesh)
     self.keys = [join_seeds([k[name] for k in keys]) for name in ("dropout", "augment")]
     idx_B = np.arange(config.batch_size, dtype=np.int32)
     self.idx = mesh_lib.shard_indices(

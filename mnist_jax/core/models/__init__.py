@@ -15,14 +15,12 @@ class (docs/extending.md):
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
-import sys
 from typing import Any, Dict, Type
 
 import flax.linen as nn
 import ml_collections
 
+from mnist_jax.core import user_code
 from mnist_jax.core.data import NUM_CLASSES
 from mnist_jax.core.errors import UserError
 
@@ -58,7 +56,7 @@ def model_class(name: Any) -> Type[nn.Module]:
 def _user_class(name: str) -> Type[nn.Module]:
   module_name, _, class_name = name.partition(":")
   try:
-    module = _import_from_cwd(module_name)
+    module = user_code.import_from_working_directory(module_name)
   except ImportError as e:
     raise UserError(f"config.model.name = {name!r}: cannot import {module_name!r} "
                     f"({e}): put {module_name.replace('.', '/')}.py in the working "
@@ -68,17 +66,6 @@ def _user_class(name: str) -> Type[nn.Module]:
     raise UserError(f"config.model.name = {name!r}: {module_name} has no flax.linen "
                     f"Module named {class_name!r}.")
   return found
-
-
-def _import_from_cwd(module_name: str):
-  """`import module_name`, the working directory searched first, as `python -m`
-  does (an installed entry point such as `mnist-jax` does not)."""
-  cwd = os.getcwd()
-  sys.path.insert(0, cwd)
-  try:
-    return importlib.import_module(module_name)
-  finally:
-    sys.path.remove(cwd)
 
 
 def attribute_names(model_class_: Type[nn.Module]) -> tuple:
