@@ -22,10 +22,10 @@ default CNN 40-55 s/epoch idle against 106 s here), batch 128:
 import sys
 
 from mnist_jax.studies import reports
-from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.spec import NO_AUGMENTATION, Point, Preset, Study
 
 STUDY = Study("kernel_size", [
-    Point(f"cnn_k{k}", "configs/cnn.py", {"model.kernel_sizes": (k, k, k)},
+    Point(f"cnn_k{k}", "configs/cnn.py", {"model.kernel_sizes": (k, k, k), **NO_AUGMENTATION},
           label=f"CNN {k}x{k}")
     for k in (1, 3, 5, 7)
 ], title="3. Kernel-size ablation")

@@ -33,13 +33,13 @@ import sys
 from mnist_jax.studies import reports
 from mnist_jax.core.models.cost import sharing_rows
 from mnist_jax.core.config import load_config_file
-from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.spec import NO_AUGMENTATION, Point, Preset, Study
 from mnist_jax.studies.tables import Column, Table
 
 STUDY = Study("mlp_vs_cnn", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),
-    Point("cnn", "configs/cnn.py", label="CNN (conv)"),
-    Point("cnn_local", "configs/cnn.py", {"model.conv_type": "local"},
+    Point("cnn", "configs/cnn.py", NO_AUGMENTATION, label="CNN (conv)"),
+    Point("cnn_local", "configs/cnn.py", {"model.conv_type": "local", **NO_AUGMENTATION},
           label="CNN, locally connected"),
     Point("mlp_wide", "configs/mlp.py", {"model.hidden_features": (304,)},
           label="MLP 784-304-10 (CNN-sized)"),

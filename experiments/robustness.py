@@ -31,12 +31,12 @@ import sys
 from mnist_jax.studies import reports, plots as study_plots
 from mnist_jax.inference import robustness
 from mnist_jax.studies.stats import mean_std
-from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.spec import NO_AUGMENTATION, Point, Preset, Study
 from mnist_jax.studies.tables import Column, Table
 
 STUDY = Study("robustness", [
     Point("mlp", "configs/mlp.py", label="MLP 784-128-10"),
-    Point("cnn", "configs/cnn.py", label="CNN (conv)"),
+    Point("cnn", "configs/cnn.py", NO_AUGMENTATION, label="CNN (conv)"),
 ], title="2. Translation and rotation robustness")
 PRESETS = {
     "full": Preset(seeds=range(5), overrides={"num_epochs": 15},

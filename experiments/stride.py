@@ -28,11 +28,12 @@ the rest ~3 min: ~47 min loaded, ~24 min idle.
 import sys
 
 from mnist_jax.studies import reports
-from mnist_jax.studies.spec import Point, Preset, Study
+from mnist_jax.studies.spec import NO_AUGMENTATION, Point, Preset, Study
 
 STUDY = Study("stride", [
     Point(f"cnn_s{s}_{'pool' if pooled else 'nopool'}", "configs/cnn.py",
-          {"model.strides": (s, s, s), "model.pooling": (("max" if pooled else "none"),) * 3},
+          {"model.strides": (s, s, s), "model.pooling": (("max" if pooled else "none"),) * 3,
+           **NO_AUGMENTATION},
           label=f"stride {s}, {'max pool' if pooled else 'no pooling'}")
     for s in (1, 2, 3) for pooled in (True, False)
 ], title="4. Stride ablation, with and without pooling")

@@ -107,12 +107,12 @@ def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
 
 def test_variant_values_take_the_type_of_the_config_default():
   base = cnn_config.get_config()
-  assert benchmark.with_override(base, "augment.enabled", "True").augment.enabled is True
+  assert benchmark.with_override(base, "augment.enabled", "False").augment.enabled is False
   assert benchmark.with_override(base, "batch_size", "64").batch_size == 64
   assert benchmark.with_override(base, "model.conv_impl", "xla").model.conv_impl == "xla"
   assert benchmark.with_override(base, "model.kernel_sizes", "(5, 5, 5)"
                                  ).model.kernel_sizes == (5, 5, 5)
-  assert base.batch_size == 128 and base.augment.enabled is False  # a copy is changed
+  assert base.batch_size == 128 and base.augment.enabled is True  # a copy is changed
   with pytest.raises(UserError, match="augment.enabled = 'yes': it is not true or false"):
     benchmark.with_override(base, "augment.enabled", "yes")
   with pytest.raises(UserError, match="batch_size = 'big': it is not a valid int"):

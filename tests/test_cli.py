@@ -162,10 +162,10 @@ def test_config_overrides_are_typed_by_the_config_file():
   fv, args = command_lib.parse(cli.COMMANDS["train"], [
       "--config", "configs/cnn.py", "--workdir", "w", "--config.num_epochs=3",
       "--config.optimizer.learning_rate=0.01", "--config.model.kernel_sizes=(5,5,5)",
-      "--config.augment.enabled=true"])
+      "--config.augment.enabled=false"])
   config = fv.config
   assert (config.num_epochs, config.optimizer.learning_rate) == (3, 0.01)
-  assert config.model.kernel_sizes == (5, 5, 5) and config.augment.enabled is True
+  assert config.model.kernel_sizes == (5, 5, 5) and config.augment.enabled is False
   assert args == [] and config.batch_size == 128  # the rest as in the file
 
 

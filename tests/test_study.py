@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from mnist_jax.studies import results as aggregate, reports, runner as study_lib, spec, stats
+from mnist_jax.studies import (results as aggregate, catalog, reports, runner as study_lib, spec,
+                               stats)
 from mnist_jax.core.config import load_config_file
 from mnist_jax.core.errors import UserError
 from mnist_jax.core import data as data_lib, run_dir
@@ -208,3 +209,14 @@ def test_an_interrupted_group_resumes_together(tmp_path):
   run_dir.write_config(runs[0].workdir, runs[0].config)
   run_dir.append_metrics(runs[0].workdir, dict({k: 0 for k in run_dir.METRIC_KEYS}, epoch=1))
   assert study_lib.seed_groups(runs) == []  # seed 0 finished (1 epoch): no group left
+
+
+@pytest.mark.parametrize("name", ["mlp_vs_cnn", "robustness", "kernel_size", "stride"])
+def test_studies_of_architectures_train_every_point_on_plain_images(name):
+  # configs/cnn.py augments its training images; these studies compare models,
+  # so each point, the CNN's included, trains on the images as MNIST gives them.
+  study = catalog.load_study(name).STUDY
+  plain = load_config_file(MLP).augment.to_dict()
+  for point in study.points:
+    augment = spec.point_config(point, PRESET, seed=0).augment
+    assert augment.to_dict() == plain, point.name

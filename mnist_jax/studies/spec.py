@@ -13,8 +13,14 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
-from mnist_jax.core.config import apply_overrides, load_config_file
+from mnist_jax.core.config import apply_overrides, base_config, load_config_file
 from mnist_jax.core.errors import UserError
+
+
+# configs/cnn.py trains on augmented images; a study that compares models or
+# architectures gives every point the same plain images, and keeps its runs'
+# config (config.json) as it was, by adding these overrides to its CNN points.
+NO_AUGMENTATION = {f"augment.{key}": value for key, value in base_config().augment.items()}
 
 
 @dataclasses.dataclass(frozen=True)

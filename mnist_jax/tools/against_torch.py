@@ -41,7 +41,8 @@ def check_twin(config: ml_collections.ConfigDict) -> None:
   if config.augment.enabled or config.ema_decay > 0:
     raise UserError("--against torch: the PyTorch twin trains without augmentation "
                     "and without an EMA of the weights; compare a config with "
-                    "augment.enabled=False and ema_decay=0 (e.g. configs/cnn.py).")
+                    "augment.enabled=False and ema_decay=0 (e.g. configs/speedrun.py, or "
+                    "configs/cnn.py with --variants augment.enabled=false).")
   torch_models.build_torch_model(config.model)
 
 
