@@ -3,6 +3,7 @@ under CI, a run that fails when any test was skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -123,10 +124,34 @@ def tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_mnist(mnist_dir, tfds_dir):
-  """(train, test) Splits of the real MNIST, prepared once per session."""
+def real_mnist(mnist_dir, tfds_dir, tmp_path_factory):
+  """(train, test) Splits of the real MNIST, prepared and decoded once per
+  run: under pytest-xdist one worker prepares the tfds copy while the others
+  wait, rather than two tfds preparations writing one folder at once."""
   from mnist_jax.core import data
-  return data.load_mnist(mnist_dir, tfds_dir)
+  with one_worker_at_a_time(tmp_path_factory, "mnist_prepared"):
+    return data.load_mnist(mnist_dir, tfds_dir)
+
+
+@pytest.fixture(autouse=True)
+def mnist_prepared_before_real_data_tests(request):
+  """A test that reads MNIST (marked real_data), in this process or in a
+  command it starts, finds it prepared and decoded (real_mnist)."""
+  if request.node.get_closest_marker("real_data"):
+    request.getfixturevalue("real_mnist")
+
+
+def under_xdist() -> bool:
+  return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def one_worker_at_a_time(tmp_path_factory, name):
+  """A lock that the pytest-xdist workers of this run take in turn (a file
+  lock beside their temporary folders); without xdist, no lock at all."""
+  if not under_xdist():
+    return contextlib.nullcontext()
+  from filelock import FileLock
+  return FileLock(str(tmp_path_factory.getbasetemp().parent / f"{name}.lock"))
 
 
 def made_once(tmp_path_factory, name, make):
@@ -134,14 +159,13 @@ def made_once(tmp_path_factory, name, make):
   only read. Under pytest-xdist the first worker that asks makes it while the
   others wait on a file lock, and every worker reads that one folder (the
   pattern of xdist's docs); without xdist it is a fresh temporary folder."""
-  if not os.environ.get("PYTEST_XDIST_WORKER"):
+  if not under_xdist():
     folder = tmp_path_factory.mktemp(name)
     make(folder)
     return folder
-  from filelock import FileLock
   shared = tmp_path_factory.getbasetemp().parent  # one per run, above the workers'
   folder, done = shared / name, shared / f"{name}.done"
-  with FileLock(str(shared / f"{name}.lock")):
+  with one_worker_at_a_time(tmp_path_factory, name):
     if not done.exists():
       shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
       folder.mkdir()
