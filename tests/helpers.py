@@ -8,7 +8,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from mnist_jax.core import data, run_dir
 from mnist_jax.engine import mesh as mesh_lib, restore as restore_lib
@@ -17,10 +16,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "train_worker.py"
 CLI_ON_NPZ = REPO / "tests" / "cli_on_npz.py"
 TIME_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
-# Tests that start Ray, listen on ports or kill a process at a moment it
-# reached: under pytest-xdist (`--dist loadgroup`) they all run on one worker,
-# one at a time, never beside each other.
-EXCLUSIVE = pytest.mark.xdist_group("exclusive")
 
 
 def load_small(path):

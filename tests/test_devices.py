@@ -15,8 +15,7 @@ from mnist_jax.engine.loop import train_and_evaluate
 from helpers import final_params, finish, load_small, start_worker, without_times
 from train_worker import make_config
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow,  # a training process of its own
-              pytest.mark.xdist_group(__name__)]  # one worker trains the module's runs, once
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]  # a training process of its own
 
 OVERRIDES = {"num_epochs": 1, "batch_size": 20, "checkpoint.every_steps": 0,
              "model.hidden_features": (32,)}

@@ -91,15 +91,9 @@ def studies_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("studies")
 
 
-# make_results reads what the studies and the frontier tests trained: under
-# pytest-xdist they run on one worker, in this file's order.
-TRAINED_FOR_MAKE_RESULTS = pytest.mark.xdist_group("make_results")
-
-
 @pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", sorted(STUDY_POINTS))
-@TRAINED_FOR_MAKE_RESULTS
 def test_each_study_trains_and_writes_tables_and_figures(name, studies_dir, mnist_dir):
   from mnist_jax.cli.experiments import load_experiment
   from mnist_jax.studies import script
@@ -165,7 +159,6 @@ def monkeypatch_module():
 
 @pytest.mark.slow
 @pytest.mark.real_data
-@TRAINED_FOR_MAKE_RESULTS
 def test_the_frontier_trains_its_members_and_tabulates_their_ensemble(frontier_dir):
   table = (frontier_dir / "cpu" / "tables" / "frontier.md").read_text()
   for row in ("seed 0", "seed 1", "single model, mean ± std (n=2)",
@@ -181,7 +174,6 @@ def test_the_frontier_trains_its_members_and_tabulates_their_ensemble(frontier_d
 
 @pytest.mark.slow
 @pytest.mark.real_data
-@TRAINED_FOR_MAKE_RESULTS
 def test_make_results_reads_the_studies_and_the_frontier(studies_dir, frontier_dir, tmp_path,
                                                          monkeypatch):
   """make_results' sections (RESULTS.md's text) from the runs above; its

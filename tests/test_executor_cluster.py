@@ -24,10 +24,10 @@ import pytest
 from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.studies import runner as study_lib, spec
 
-from helpers import EXCLUSIVE, noise_splits
+from helpers import noise_splits
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, EXCLUSIVE]  # two Ray nodes
+pytestmark = pytest.mark.slow  # two Ray nodes
 
 RAY_CLI = os.path.join(os.path.dirname(sys.executable), "ray")
 STUDY = spec.Study("two_nodes", [

@@ -16,10 +16,10 @@ from mnist_jax.core import data as data_lib, run_dir
 from mnist_jax.studies import runner as study_lib, script, spec
 
 from experiments import frontier, kernel_size
-from helpers import EXCLUSIVE, assert_same_bits, final_params, noise_splits, without_times
+from helpers import assert_same_bits, final_params, noise_splits, without_times
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, EXCLUSIVE]  # a Ray instance and trainings in its workers
+pytestmark = pytest.mark.slow  # a Ray instance and trainings in its workers
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token notice on a test machine
 

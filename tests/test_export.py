@@ -16,7 +16,6 @@ from robust_support import run_cli
 from mnist_jax.core import run_dir
 from mnist_jax.inference import trained as trained_lib
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES = 256
 

@@ -26,12 +26,12 @@ import pytest
 from mnist_jax.core import run_dir
 from mnist_jax.inference import ensemble
 
-from helpers import CLI_ON_NPZ, EXCLUSIVE, REPO, checkpoint_steps, final_params, without_times
+from helpers import CLI_ON_NPZ, REPO, checkpoint_steps, final_params, without_times
 from test_resume import wait_for_a_mid_epoch_checkpoint
 from test_tensorboard import points, reader
 from train_worker import STALL_ENV
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_data, EXCLUSIVE]
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 # 50 steps per epoch of 40 images, 5 per call, a save every 10 steps: the
 # pair stalls before saving step 80, so it is killed in epoch 2, after it

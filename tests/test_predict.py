@@ -12,7 +12,7 @@ from PIL import Image
 
 from mnist_jax.inference import predict, trained
 
-pytestmark = [pytest.mark.real_data, pytest.mark.xdist_group(__name__)]  # one worker loads the run and picks its digits, once
+pytestmark = pytest.mark.real_data
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -11,10 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from helpers import EXCLUSIVE  # noqa: E402
 from mnist_jax.studies import executor, ray_guard  # noqa: E402
-
-pytestmark = EXCLUSIVE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A study's driver as far as Ray goes: it starts Ray as `study --executor ray` does.

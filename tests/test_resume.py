@@ -17,11 +17,11 @@ from mnist_jax.engine import checkpoint
 from mnist_jax.engine import steps as steps_lib
 from mnist_jax.engine.loop import train_and_evaluate
 
-from helpers import (EXCLUSIVE, assert_same_bits, checkpoint_steps, final_params, finish,
-                     load_small, start_worker, without_times)
+from helpers import (assert_same_bits, checkpoint_steps, final_params, finish, load_small,
+                     start_worker, without_times)
 from train_worker import STALL_ENV, make_config
 
-pytestmark = [pytest.mark.real_data, pytest.mark.xdist_group(__name__)]  # one worker trains the module's runs, once
+pytestmark = pytest.mark.real_data
 
 # 100 steps per epoch, one per call; saves every 9 steps, so most checkpoints
 # are mid-epoch.
@@ -71,7 +71,6 @@ def wait_for_a_mid_epoch_checkpoint(proc, workdir, steps_per_epoch, after, timeo
 
 
 @pytest.mark.slow
-@EXCLUSIVE
 def test_sigkill_mid_epoch_then_restart_ends_as_if_never_killed(small_data, tmp_path):
   """A CNN with dropout, 4 steps per call, killed in the middle of epoch 2.
 

@@ -30,9 +30,6 @@ from helpers import (assert_same_bits, final_params, one_error_line, run_cli_on_
 from robust_support import OVERRIDES, random_data, tiny_config
 
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
-
-
 class Stop(Exception):
   """Stands in for a kill right after a save."""
 

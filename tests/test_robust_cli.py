@@ -16,7 +16,6 @@ from mnist_jax.engine.loop import train_and_evaluate
 from helpers import one_error_line
 from robust_support import random_data, run_cli, run_python, start_cli, tiny_config
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
 MLP = ("train", "--config", "configs/mlp.py")
 
 

@@ -25,7 +25,6 @@ from helpers import assert_same_bits, final_params, one_error_line, without_time
 from robust_support import OVERRIDES, random_data, tiny_config
 
 # `train`'s flags for tiny_config(): the same config as the runs here.
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
 TINY_TRAIN = ["--config", "configs/mlp.py",
               *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

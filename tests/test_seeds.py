@@ -21,11 +21,10 @@ from mnist_jax.core import data, run_dir
 from mnist_jax.engine import checkpoint, group as group_lib
 from mnist_jax.engine import loop as loop_lib, mesh as mesh_lib, restore as restore_lib
 
-from helpers import EXCLUSIVE, REPO, assert_same_bits, final_params, without_times
+from helpers import REPO, assert_same_bits, final_params, without_times
 
 from configs import cnn as cnn_config, mlp as mlp_config
 
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
 SEEDS = [3, 7]
 
 
@@ -217,7 +216,6 @@ def solo_run(real_mnist, seed, workdir):
 
 @pytest.mark.slow
 @pytest.mark.real_data
-@EXCLUSIVE
 def test_cli_seeds_killed_mid_epoch_resume_to_an_unbroken_group_and_the_solo_runs(
     real_mnist, mnist_dir, tfds_dir, tmp_path):
   unbroken = start_cli(tmp_path / "unbroken", mnist_dir, tfds_dir)

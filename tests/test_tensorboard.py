@@ -15,7 +15,6 @@ from mnist_jax.engine import evaluate as eval_lib, metric_writer
 from mnist_jax.engine.loop import train_and_evaluate
 
 # 96 training images in batches of 32: 3 steps per epoch, steps 1..6 in all.
-pytestmark = pytest.mark.xdist_group(__name__)  # one worker trains the module's runs, once
 STEPS_PER_EPOCH = 3
 
 
