@@ -3,17 +3,24 @@ under CI, a run that fails when any test was skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import shutil
 from typing import NamedTuple
 
 import pytest
 
 import mnist_jax
+from mnist_jax.core import runtime
 
 # XLA:CPU's convolution flag before any test starts a JAX backend, as every
 # command sets it: tests that call the engine directly compile the same programs.
 mnist_jax.setup_xla()
+# The compiled programs on disk (runtime.enable_compilation_cache), as every
+# command keeps them: a second test run reads back what the first compiled,
+# and the tests' own processes (tests/train_worker.py, the CLI) share them.
+runtime.enable_compilation_cache()
 
 # TensorFlow is only a tfds reader here: keep it quiet and off oneDNN.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -88,14 +95,11 @@ def cli_here(capsys, monkeypatch):
   """`python -m mnist_jax ARGS` as a function: the same entry point (cli.run)
   in this process, its exit status and output as a subprocess gives them,
   without a new interpreter's seconds of imports. What a command sets for its
-  process is undone after the test: XLA_FLAGS and the working directory; the
-  persistent compilation cache stays off so that the process's JAX config is
-  left as it was."""
+  process is undone after the test: XLA_FLAGS and the working directory. The
+  compilation cache a command turns on is the one this process already uses."""
   from mnist_jax import cli
-  from mnist_jax.core import runtime
   monkeypatch.chdir(REPO)
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-  monkeypatch.setenv(runtime.COMPILATION_CACHE_ENV, "0")
 
   def run(*args):
     capsys.readouterr()  # only this command's output
@@ -121,10 +125,54 @@ def tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_mnist(mnist_dir, tfds_dir):
-  """(train, test) Splits of the real MNIST, prepared once per session."""
+def real_mnist(mnist_dir, tfds_dir, tmp_path_factory):
+  """(train, test) Splits of the real MNIST, prepared and decoded once per
+  run: under pytest-xdist one worker prepares the tfds copy while the others
+  wait, rather than two tfds preparations writing one folder at once."""
   from mnist_jax.core import data
-  return data.load_mnist(mnist_dir, tfds_dir)
+  with one_worker_at_a_time(tmp_path_factory, "mnist_prepared"):
+    return data.load_mnist(mnist_dir, tfds_dir)
+
+
+@pytest.fixture(autouse=True)
+def mnist_prepared_before_real_data_tests(request):
+  """A test that reads MNIST (marked real_data), in this process or in a
+  command it starts, finds it prepared and decoded (real_mnist)."""
+  if request.node.get_closest_marker("real_data"):
+    request.getfixturevalue("real_mnist")
+
+
+def under_xdist() -> bool:
+  return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def one_worker_at_a_time(tmp_path_factory, name):
+  """A lock that the pytest-xdist workers of this run take in turn (a file
+  lock beside their temporary folders); without xdist, no lock at all."""
+  if not under_xdist():
+    return contextlib.nullcontext()
+  from filelock import FileLock
+  return FileLock(str(tmp_path_factory.getbasetemp().parent / f"{name}.lock"))
+
+
+def made_once(tmp_path_factory, name, make):
+  """The folder `name`, filled by `make(folder)` once per test run and then
+  only read. Under pytest-xdist the first worker that asks makes it while the
+  others wait on a file lock, and every worker reads that one folder (the
+  pattern of xdist's docs); without xdist it is a fresh temporary folder."""
+  if not under_xdist():
+    folder = tmp_path_factory.mktemp(name)
+    make(folder)
+    return folder
+  shared = tmp_path_factory.getbasetemp().parent  # one per run, above the workers'
+  folder, done = shared / name, shared / f"{name}.done"
+  with one_worker_at_a_time(tmp_path_factory, name):
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+      folder.mkdir()
+      make(folder)
+      done.touch()
+  return folder
 
 
 @pytest.fixture(scope="session")
@@ -132,10 +180,12 @@ def small_data(real_mnist, tmp_path_factory):
   """2,000 train and 1,000 test images of the real MNIST in an .npz, for workers."""
   import numpy as np
   train, test = real_mnist
-  path = tmp_path_factory.mktemp("data") / "mnist_small.npz"
-  np.savez(path, train_images=train.images[:2000], train_labels=train.labels[:2000],
-           test_images=test.images[:1000], test_labels=test.labels[:1000])
-  return path
+
+  def write(folder):
+    np.savez(folder / "mnist_small.npz", train_images=train.images[:2000],
+             train_labels=train.labels[:2000], test_images=test.images[:1000],
+             test_labels=test.labels[:1000])
+  return made_once(tmp_path_factory, "data", write) / "mnist_small.npz"
 
 
 @pytest.fixture(scope="session")
@@ -147,9 +197,10 @@ def mlp_run(real_mnist, tmp_path_factory):
   config.num_epochs = 1
   config.optimizer.schedule = "constant"
   config.optimizer.learning_rate = 3e-3
-  workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
-  train_and_evaluate(config, workdir, data=real_mnist, verbose=False)
-  return workdir
+
+  def train(folder):
+    train_and_evaluate(config, str(folder / "mlp"), data=real_mnist, verbose=False)
+  return str(made_once(tmp_path_factory, "mlp_run", train) / "mlp")
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +217,7 @@ def cnn_run(real_mnist, tmp_path_factory):
   config.data.train_split = "train[:2000]"
   train, test = real_mnist
   small = data.Split(train.images[:2000], train.labels[:2000])
-  workdir = str(tmp_path_factory.mktemp("runs") / "cnn")
-  train_and_evaluate(config, workdir, data=(small, test), verbose=False)
-  return workdir
+
+  def train(folder):
+    train_and_evaluate(config, str(folder / "cnn"), data=(small, test), verbose=False)
+  return str(made_once(tmp_path_factory, "cnn_run", train) / "cnn")

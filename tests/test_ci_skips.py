@@ -25,14 +25,14 @@ def test_needs_mnist(mnist_dir):
 """
 
 
-def run_pytest(folder, ci=None, select="test_file.py"):
+def run_pytest(folder, ci=None, select="test_file.py", options=()):
   (folder / "conftest.py").write_text(CONFTEST.read_text())
   (folder / "test_file.py").write_text(TESTS)
   env = {k: v for k, v in os.environ.items() if k not in ("CI", "MNIST_DIR")}
   if ci is not None:
     env["CI"] = ci
   return subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", select],
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, select],
       cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -42,6 +42,15 @@ def test_a_skip_fails_the_run_under_ci(tmp_path):
   assert "1 passed, 1 skipped" in result.stdout
   assert ("skipped: test_file.py::test_needs_mnist: Skipped: real MNIST files not "
           "found" in result.stdout)
+
+
+@pytest.mark.slow  # three interpreters, each importing JAX
+def test_a_skip_on_an_xdist_worker_fails_the_run_under_ci(tmp_path):
+  """As `make test-all` runs the suite: the workers' reports reach the rule."""
+  result = run_pytest(tmp_path, ci="true", options=("-n", "2"))
+  assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
+  assert "1 passed, 1 skipped" in result.stdout
+  assert "skipped: test_file.py::test_needs_mnist" in result.stdout
 
 
 def test_a_skip_is_fine_outside_ci(tmp_path):

@@ -120,26 +120,27 @@ def test_metadata_describes_the_files_and_the_run(bn_run, exported):
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_an_existing_out_is_refused_and_left_alone(bn_run, tmp_path):
+def test_an_existing_out_is_refused_and_left_alone(bn_run, cli_here, tmp_path):
   out = tmp_path / "taken"
   out.mkdir()
   (out / "keep.txt").write_text("mine")
-  error = one_error_line(run_export("--workdir", bn_run, "--out", out))
+  error = one_error_line(cli_here("export", "--workdir", bn_run, "--out", out))
   assert "already exists" in error
   assert sorted(os.listdir(out)) == ["keep.txt"]
   assert sorted(os.listdir(tmp_path)) == ["taken"]
 
 
-def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
-  error = one_error_line(run_export("--workdir", tmp_path, "--out", tmp_path / "out"))
+def test_a_folder_that_is_not_a_run_is_refused(cli_here, tmp_path):
+  error = one_error_line(cli_here("export", "--workdir", tmp_path, "--out", tmp_path / "out"))
   assert "not a training run" in error
   assert not (tmp_path / "out").exists()
 
 
-def test_an_unfinished_run_is_refused(tmp_path):
+def test_an_unfinished_run_is_refused(cli_here, tmp_path):
   from configs import cnn as cnn_config
   workdir = tmp_path / "run"
   run_dir.write_config(str(workdir), cnn_config.get_config())  # no epoch trained
-  error = one_error_line(run_export("--workdir", workdir, "--out", tmp_path / "out"))
+  error = one_error_line(cli_here("export", "--workdir", workdir, "--out",
+                                  tmp_path / "out"))
   assert "not a finished run (0 of 10 epochs" in error
   assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from mnist_jax.core.config import apply_overrides, load_config_file  # noqa: E40
 from mnist_jax.core.errors import UserError  # noqa: E402
 from mnist_jax.engine import checkpoint  # noqa: E402
 from mnist_jax.engine import loop as loop_lib, mesh as mesh_lib, restore as restore_lib  # noqa: E402
+from mnist_jax.core import runtime  # noqa: E402
 
 mnist_jax.setup_xla()  # the programs the CLI's runs compile
 STALL_ENV = "STALL_BEFORE_SAVING"
@@ -63,6 +64,7 @@ def stall_before_saving(step: int) -> None:
 
 
 def main(workdir, data_path, overrides, restore_from=None, params_out=None):
+  runtime.enable_compilation_cache()  # as the CLI's processes
   config = make_config(json.loads(overrides))
   if os.environ.get(STALL_ENV):
     stall_before_saving(int(os.environ[STALL_ENV]))
