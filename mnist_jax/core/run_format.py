@@ -26,6 +26,10 @@ FORMAT_VERSION = 2
 VERSION_KEY = "format_version"
 UNNUMBERED_VERSION = 1  # config.json without VERSION_KEY
 
+# Running sums that mid-epoch checkpoints of older versions saved under other
+# names (engine/checkpoint.py renames them on restore): old -> new.
+RENAMED_SUMS = {"loss_sum": "loss", "correct": "accuracy"}
+
 # CNN keys that the config files gained after version 1 runs were saved, each
 # with the value those runs were built with.
 _CNN_KEYS_ADDED_IN_VERSION_1 = {"padding": "same", "pool_before_norm": False}

@@ -387,12 +387,8 @@ def restore(mngr: ocp.CheckpointManager, template_state,
     return None
   restored = found[1]
   progress = dict(restored["progress"], sums={
-      _RENAMED_SUMS.get(k, k): v for k, v in restored["progress"]["sums"].items()})
+      run_format.RENAMED_SUMS.get(k, k): v for k, v in restored["progress"]["sums"].items()})
   return _from_item(template_state, restored["state"]), progress
-
-
-# Running sums that older checkpoints saved under other names: old -> new.
-_RENAMED_SUMS = {"loss_sum": "loss", "correct": "accuracy"}
 
 
 def _saved_sums_names(mngr: ocp.CheckpointManager, step: int, progress):
@@ -401,7 +397,7 @@ def _saved_sums_names(mngr: ocp.CheckpointManager, step: int, progress):
     saved = set(mngr.item_metadata(step)["progress"]["sums"].keys())
   except Exception:  # noqa: BLE001 -- unreadable: restoring it says so
     return progress
-  old = {new: old for old, new in _RENAMED_SUMS.items() if old in saved}
+  old = {new: old for old, new in run_format.RENAMED_SUMS.items() if old in saved}
   return dict(progress, sums={old.get(k, k): v for k, v in progress["sums"].items()})
 
 
