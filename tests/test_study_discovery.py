@@ -2,6 +2,8 @@
 run by `study NAME`, listed by `study -h` and put in RESULTS.md by make_results;
 `--points` and `--seeds` run part of it; its tables say what budget made them."""
 
+import ast
+import gc
 import os
 import pathlib
 import shutil
@@ -12,7 +14,7 @@ import textwrap
 import pytest
 
 from mnist_jax.core import data, run_dir
-from mnist_jax.studies import runner
+from mnist_jax.studies import catalog, runner
 from helpers import one_error_line
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,6 +55,40 @@ def test_help_lists_the_study_files_of_the_folder(cli_here, tmp_path):
   listed = cli_here("study", "--help").stdout.split("studies in experiments:\n")[1]
   assert [line.split()[0] for line in listed.splitlines()] == [
       "kernel_size", "lecun1998", "mlp_vs_cnn", "robustness", "stride"]
+
+
+class _ParsesWhenCollected:
+  """Garbage whose finalizer parses Python (as 3.11's traceback formatting does
+  when an unraisable-exception hook reports a coroutine never awaited) and
+  leaves another such cycle behind, so that a collection during any parse finds
+  one, until `left` runs out."""
+  left = 0
+
+  @classmethod
+  def leave_one(cls):
+    cycle = cls()
+    cycle.itself = cycle
+
+  def __del__(self):
+    ast.parse("x = (1 + 2) * 3")
+    if _ParsesWhenCollected.left > 0:
+      _ParsesWhenCollected.left -= 1
+      _ParsesWhenCollected.leave_one()
+
+
+def test_listing_survives_a_collection_that_parses_during_the_parse(tmp_path):
+  folder = study_folder(tmp_path)
+  threshold = gc.get_threshold()
+  gc.set_threshold(1)  # a collection at nearly every allocation
+  _ParsesWhenCollected.left = 10_000
+  try:
+    _ParsesWhenCollected.leave_one()
+    for _ in range(5):
+      assert list(catalog.find_studies(str(folder))) == ["width"]
+  finally:
+    _ParsesWhenCollected.left = 0
+    gc.set_threshold(*threshold)
+    gc.collect()
 
 
 def test_a_study_file_must_match_its_name_and_declare_presets(cli_here, tmp_path):

@@ -12,6 +12,7 @@ this package was imported from (`--experiments_dir` names another).
 from __future__ import annotations
 
 import ast
+import gc
 import importlib.util
 import os
 import sys
@@ -33,12 +34,30 @@ def folder_or_default(folder: Optional[str] = None) -> str:
                                                                          DEFAULT_FOLDER)
 
 
+def _parse(source: str, path: str) -> ast.Module:
+  """ast.parse with garbage collection paused.
+
+  CPython 3.11 keeps one AST-building depth counter per interpreter: a
+  finalizer run by a collection during the parse that parses again (3.11's
+  traceback formatting does, e.g. in an unraisable-exception hook reporting a
+  coroutine never awaited) leaves the counter off, and the outer parse fails with
+  "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+  """
+  was_enabled = gc.isenabled()
+  gc.disable()
+  try:
+    return ast.parse(source, filename=path)
+  finally:
+    if was_enabled:
+      gc.enable()
+
+
 def _declaration(path: str) -> Optional[str]:
   """The first line of the file's docstring if it assigns STUDY at its top
   level ('' without a docstring), else None."""
   try:
     with open(path, encoding="utf-8") as f:
-      tree = ast.parse(f.read(), filename=path)
+      tree = _parse(f.read(), path)
   except (OSError, SyntaxError, ValueError):
     return None  # not a study file this listing can read; running it says why
   for node in tree.body:
