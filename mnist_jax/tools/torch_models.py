@@ -88,7 +88,7 @@ def _cnn(cnn) -> nn.Sequential:
     pooling = []
     if kind != "none" and cnn.pool_size > 1:
       pooling = [(nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(cnn.pool_size, cnn.pool_size)]
-    layers += pooling + norm_act if cnn.pool_before_norm else norm_act + pooling
+    layers += pooling + norm_act if cnn.pools_first(act, kind) else norm_act + pooling
     channels, size = feat, out_size
   layers.append(nn.Flatten())
   width = channels * size * size
