@@ -35,7 +35,7 @@ def get_config():
       kernel_sizes=(3, 3, 3),
       strides=(1, 1, 1),
       padding="same",  # same | valid (no zeros: a k x k kernel shrinks the map by k - 1)
-      pool_before_norm=False,  # True: each stage conv -> pool -> norm -> activation
+      pool_before_norm=False,  # True: conv -> pool -> norm -> act (ReLU + max without norm always)
       activations=("relu", "relu", "relu"),
       pooling=("max", "max", "max"),  # max | avg | none, per stage
       pool_size=2,
@@ -43,7 +43,7 @@ def get_config():
       dropout_rate=0.25,
       num_classes=10,
       conv_type="conv",  # conv | local (no weight sharing, nn.ConvLocal)
-      conv_impl="auto",  # auto | xla | im2col | xla_chunked: same function (docs/decisions.md)
+      conv_impl="auto",  # auto | xla | im2col | xla_chunked | taps: one function, other programs
   )
   config.num_epochs = 10
   config.augment.update(dict(enabled=True, rotation_deg=10.0, translate_frac=0.1,

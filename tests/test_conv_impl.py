@@ -10,7 +10,8 @@ import pytest
 
 from mnist_jax import UserError
 from mnist_jax.core.models import build_model
-from mnist_jax.core.models.cpu_ops import CONV_IMPLS, xla_chunked_conv, xla_conv
+from mnist_jax.core.models.cpu_ops import (CONV_IMPLS, resolve_conv_impl, taps_conv,
+                                           xla_chunked_conv, xla_conv)
 from mnist_jax.core.models.layers import Conv
 
 from configs import cnn as cnn_config
@@ -64,6 +65,32 @@ def test_chunked_kernel_gradient_sums_every_image_of_a_ragged_batch():
   assert float(jnp.max(jnp.abs(partial - theirs[1]))) > 1e-2
 
 
+@pytest.mark.parametrize("kernel,padding", [(3, "SAME"), (5, "VALID")])
+def test_taps_conv_trains_as_xla_chunked_bit_for_bit(kernel, padding):
+  """The sum over taps serves evaluation only; differentiated, the program is
+  xla_chunked's, so training with the first layer's `auto` changes no bit."""
+  x = jax.random.uniform(jax.random.key(0), (16, 28, 28, 1))
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 8))
+  weights = jax.random.normal(jax.random.key(2), xla_conv(x, k, 1, padding).shape)
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, 1, padding)) * weights)
+  ours = jax.jit(jax.value_and_grad(loss(taps_conv), argnums=(0, 1)))(x, k)
+  theirs = jax.jit(jax.value_and_grad(loss(xla_chunked_conv), argnums=(0, 1)))(x, k)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_array_equal(a, b)
+  # Not differentiated, it is the sum over taps: the same values, other rounding.
+  value = jax.jit(lambda x, k: taps_conv(x, k, 1, padding))(x, k)
+  _assert_trees_close(value, xla_conv(x, k, 1, padding), 1e-6)
+  assert "convolution" not in jax.jit(
+      lambda x, k: taps_conv(x, k, 1, padding)).lower(x, k).as_text()
+
+
+def test_auto_is_taps_for_one_input_channel_on_the_cpu():
+  assert jax.default_backend() == "cpu"
+  assert [resolve_conv_impl("auto", c) for c in (1, 2, 32)] == [
+      "taps", "xla_chunked", "xla_chunked"]
+  assert resolve_conv_impl("xla", 1) == "xla"
+
+
 def test_vmapped_chunked_conv_runs_one_plain_convolution_per_member():
   """vmap over kernels must not become a grouped convolution (slow on XLA:CPU)."""
   x = jnp.ones((3, 8, 6, 6, 2))
@@ -95,5 +122,5 @@ def test_default_cnn_gives_the_same_logits_and_gradients_with_every_impl():
 def test_unknown_conv_impl_is_rejected():
   cfg = cnn_config.get_config().model
   cfg.conv_impl = "winograd"
-  with pytest.raises(UserError, match="conv_impl = 'winograd'.*xla, im2col"):
+  with pytest.raises(UserError, match="conv_impl = 'winograd'.*xla, im2col, xla_chunked, taps"):
     build_model(cfg)

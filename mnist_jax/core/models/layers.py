@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from mnist_jax.core.errors import UserError
 from mnist_jax.core.models.cpu_ops import (CONV_IMPLS, im2col_conv, max_pool,
-                                           resolve_conv_impl, xla_chunked_conv, xla_conv)
+                                           resolve_conv_impl, taps_conv, xla_chunked_conv,
+                                           xla_conv)
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -85,7 +86,7 @@ class Conv(nn.Module):
                         (k, k, c, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                       jnp.float32)
-    impl = resolve_conv_impl(self.impl)
+    impl = resolve_conv_impl(self.impl, c)
     args = (x_BxHxWxC, kernel, self.stride, self.padding)
     if impl == "xla":
       y = xla_conv(*args)
@@ -93,6 +94,8 @@ class Conv(nn.Module):
       y = im2col_conv(*args)
     elif impl == "xla_chunked":
       y = xla_chunked_conv(*args)
+    elif impl == "taps":
+      y = taps_conv(*args)
     else:
       raise UserError(f"unknown conv_impl {self.impl!r}: use one of "
                       f"{', '.join(CONV_IMPLS)}.")
