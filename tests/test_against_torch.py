@@ -5,7 +5,10 @@ takes our optimiser's steps; without PyTorch the command says how to get it.
 torch is in the `test` extra (pyproject.toml), so nothing here skips.
 """
 
+import csv
 import functools
+import pathlib
+import subprocess
 import sys
 import types
 
@@ -24,6 +27,8 @@ from mnist_jax.core.models import build_model
 from mnist_jax.core.models.layers import count_params
 from mnist_jax.engine import state as state_lib, steps as steps_lib
 from mnist_jax.tools import against_torch, benchmark, torch_models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def random_images(n, seed=0):
@@ -126,6 +131,42 @@ def test_benchmark_against_torch_adds_the_twins_columns(tmp_path):
       row["train_img_s"] / max(row["torch_nchw_img_s"], row["torch_channels_last_img_s"]),
       rel=0.01)
   assert torch.get_num_threads() == against_torch.torch_threads()
+
+
+def test_against_only_times_the_twins_and_not_ours(tmp_path, monkeypatch):
+  monkeypatch.setattr(benchmark.Case, "run_round", None)  # timing ours would be a bug
+  rows = benchmark.run(["configs/mlp.py"], rounds=1, steps=1, against="torch",
+                       against_only=True, out=str(tmp_path / "bench.csv"))
+  assert list(rows[0]) == ["case", "batch", "torch_nchw_img_s", "torch_channels_last_img_s"]
+  assert rows[0]["torch_channels_last_img_s"] > 0
+
+
+@pytest.mark.slow
+def test_separate_processes_take_the_median_of_each_frameworks_processes(tmp_path,
+                                                                         monkeypatch):
+  monkeypatch.chdir(REPO)
+  out = tmp_path / "separate.csv"
+  result = subprocess.run(
+      [sys.executable, "-m", "mnist_jax", "benchmark", "--configs", "configs/mlp.py",
+       "--against", "torch", "--separate_processes", "2", "--rounds", "1", "--steps", "1",
+       "--out", str(out)], capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count("pair ") == 2
+  (row,) = list(csv.DictReader(open(out)))
+  assert row["case"] == "mlp" and row["processes_each"] == "2"
+  for column in ("train_img_s", "torch_nchw_img_s", "torch_channels_last_img_s"):
+    runs = [float(v) for v in row[f"{column}_runs"].split()]
+    assert len(runs) == 2 and float(row[column]) == pytest.approx(np.median(runs), abs=1)
+  best_torch = max(float(row["torch_nchw_img_s"]), float(row["torch_channels_last_img_s"]))
+  assert float(row["ours_vs_torch"]) == pytest.approx(
+      float(row["train_img_s"]) / best_torch, rel=0.01)
+
+
+def test_against_only_and_separate_processes_need_against_torch(cli_here):
+  one_error_line(cli_here("benchmark", "--against_only", "--out", "unused.csv"),
+                 "--against_only times only the other framework's twin")
+  one_error_line(cli_here("benchmark", "--separate_processes", "2", "--out", "unused.csv"),
+                 "give --against torch")
 
 
 def test_without_torch_the_command_says_how_to_install_it(cli_here, monkeypatch):

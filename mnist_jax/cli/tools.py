@@ -34,6 +34,12 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("against", "", "'torch': also time each config's PyTorch twin "
                       "(NCHW and channels_last) in the same rounds; needs the extra "
                       "`pip install -e .[bench]`", flag_values=fv)
+  flags.DEFINE_bool("against_only", False, "with --against: time only the twins (our "
+                    "model is built for its initial weights, not timed)", flag_values=fv)
+  flags.DEFINE_integer("separate_processes", 0, "with --against: instead, time ours and "
+                       "the twins each in its own process, alternating, this many times "
+                       "each; the medians and their ratio (tools/separate_processes.py)",
+                       flag_values=fv)
   flags.DEFINE_bool("ledger", False, "instead, profile --steps train steps of each config "
                     "and attribute the step's time to the compiled program's operations, "
                     "with their FLOPs and bytes (tools/ledger.py)", flag_values=fv)
@@ -46,17 +52,23 @@ def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
   if fv.ledger:
     from mnist_jax.tools import ledger
     ledger.run(fv.configs, fv.variants, steps=fv.steps, top=fv.top, out=fv.ledger_out,
-               refused={"--against": fv.against, "--seeds": fv.seeds,
+               refused={"--against": fv.against, "--against_only": fv.against_only,
+                        "--separate_processes": fv.separate_processes, "--seeds": fv.seeds,
                         "--e2e_split": fv.e2e_split, "--fixed_costs": fv.fixed_costs})
     return 0
   if fv.fixed_costs:
     from mnist_jax.tools import fixed_costs
     fixed_costs.run(fv.fixed_costs, fv.configs, rounds=fv.rounds, out=fv.out)
     return 0
+  if fv.separate_processes:
+    from mnist_jax.tools import separate_processes
+    separate_processes.run(fv.configs, fv.variants, fv.against, fv.separate_processes,
+                           rounds=fv.rounds, steps=fv.steps, out=fv.out)
+    return 0
   from mnist_jax.tools import benchmark as benchmark_lib
   benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
                     seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out,
-                    against=fv.against)
+                    against=fv.against, against_only=fv.against_only)
   return 0
 
 

@@ -22,6 +22,9 @@ MNIST, to compare the second epoch's images/s with the pure step's.
 same model, initial weights, batch, optimiser and schedule), NCHW and
 channels_last, in the same interleaved rounds, and reports ours / PyTorch's
 better format (`ours_vs_torch` > 1: ours is faster).
+`--against_only` times the twins alone, and `--separate_processes N` times ours
+and the twins in separate processes, one after the other, N times each
+(tools/separate_processes.py): neither framework's threads share a process.
 `--ledger` instead profiles each config's train call and attributes its
 milliseconds to the compiled program's operations (tools/ledger.py).
 
@@ -299,17 +302,25 @@ def add_torch_cases(cases: List[Case], against_torch) -> None:
 
 
 def torch_columns(case: Case) -> Dict:
-  """PyTorch's images/s in both formats and ours over the better one (> 1: ours faster)."""
-  ours, nchw, last = (case.config.batch_size / statistics.median(t.train_s)
-                      for t in [case.train] + case.torch)
-  return {"torch_nchw_img_s": round(nchw), "torch_channels_last_img_s": round(last),
-          "ours_vs_torch": round(ours / max(nchw, last), 3)}
+  """PyTorch's images/s in both formats and ours over the better one (> 1: ours
+  faster; left out when ours was not timed)."""
+  nchw, last = (case.config.batch_size / statistics.median(t.train_s) for t in case.torch)
+  columns = {"torch_nchw_img_s": round(nchw), "torch_channels_last_img_s": round(last)}
+  if case.train.train_s:
+    ours = case.config.batch_size / statistics.median(case.train.train_s)
+    columns["ours_vs_torch"] = round(ours / max(nchw, last), 3)
+  return columns
 
 
 def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
         steps: int = 20, seeds: int = 0, e2e_split: str = "",
-        out: str = "runs/benchmark.csv", against: str = "") -> List[Dict]:
-  """Times every case (module docstring), prints the table, writes `out` (CSV)."""
+        out: str = "runs/benchmark.csv", against: str = "",
+        against_only: bool = False) -> List[Dict]:
+  """Times every case (module docstring), prints the table, writes `out` (CSV).
+  `against_only`: time only the twins (ours is built for its initial weights)."""
+  if against_only and (not against or seeds or e2e_split):
+    raise UserError("--against_only times only the other framework's twin: give "
+                    "--against torch, without --seeds or --e2e_split.")
   if seeds < 0 or seeds == 1:
     raise UserError(f"--seeds {seeds}: give 2 or more seeds to vmap (0 = off).")
   if rounds < 1 or steps < 1:
@@ -331,14 +342,17 @@ def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
     add_torch_cases(cases, other)
   matmul = []
   for _ in range(rounds):  # interleaved: every case sees the same load
-    matmul.append(matmul_gflops(repeats=3))
+    if not against_only:
+      matmul.append(matmul_gflops(repeats=3))
     for case in cases:
-      case.run_round(steps)
+      if not against_only:
+        case.run_round(steps)
       if seeds:
         case.seeds.run_round(steps)
       for twin in case.torch:
         twin.run_round(steps)
-  rows = [summarise(c, statistics.median(matmul)) for c in cases]
+  rows = [{"case": c.name, "batch": c.config.batch_size} if against_only
+          else summarise(c, statistics.median(matmul)) for c in cases]
   for case, row in zip(cases, rows):
     if case.torch:
       row.update(torch_columns(case))
