@@ -120,15 +120,20 @@ def kernel_taps(x_BxHxWxC: jax.Array, kernel_size: int, stride: int,
                 padding: str = "SAME") -> List[jax.Array]:
   """The k*k views of the (padded) input that meet each tap of a k x k kernel,
   row-major (i, j) as HWIO's rows: view (i, j) at output (y, x) is the input at
-  (y * stride + i, x * stride + j) of the padded map. Each is B x OH x OW x C."""
-  _, h, w, _ = x_BxHxWxC.shape
+  (y * stride + i, x * stride + j) of the padded map. Each is B x OH x OW x C.
+
+  lax.slice, as in `window_views`: with a batch of symbolic size (export) jnp's
+  indexing would become a gather, which TFLite's converter rejects."""
+  b, h, w, c = x_BxHxWxC.shape
   k = kernel_size
   (ht, hb), (wl, wr) = (conv_padding(h, k, stride, padding),
                         conv_padding(w, k, stride, padding))
   x = jnp.pad(x_BxHxWxC, ((0, 0), (ht, hb), (wl, wr), (0, 0)))
   oh, ow = (conv_output_size(h, k, stride, padding),
             conv_output_size(w, k, stride, padding))
-  return [x[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+  return [jax.lax.slice(x, (0, i, j, 0),
+                        (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+                        (1, stride, stride, 1))
           for i in range(k) for j in range(k)]
 
 
