@@ -184,7 +184,7 @@ def test_without_torch_the_command_says_how_to_install_it(cli_here, monkeypatch)
     (["--against", "tensorflow"], "the only other framework is 'torch'"),
     (["--against", "torch", "--configs", "configs/lenet5.py"], "has no PyTorch twin"),
     (["--against", "torch", "--configs", "configs/frontier_cpu.py"], "without augmentation"),
-    (["--against", "torch", "--configs", "configs/cnn.py"], "--variants augment.enabled=false"),
+    (["--against", "torch", "--configs", "configs/cnn.py"], "--set augment.enabled=false"),
 ])
 def test_configs_without_a_twin_are_refused_before_compiling(args, fragment,
                                                                cli_here, monkeypatch):

@@ -105,6 +105,22 @@ def test_op_benchmark_times_every_conv_piece_and_pooling_variant():
   assert all(r["ms"] > 0 for r in rows)
 
 
+def test_set_fields_hold_in_every_case_beside_the_variants():
+  cases = benchmark.case_configs(["configs/cnn.py", "configs/mlp.py"],
+                                 "model.conv_impl=xla,taps",
+                                 ["augment.enabled=false", "model.dropout_rate=0.5"])
+  assert [label for label, _ in cases] == [
+      "cnn conv_impl=xla", "cnn conv_impl=taps", "mlp"]
+  assert [c.model.get("conv_impl") for _, c in cases] == ["xla", "taps", None]
+  assert all(c.augment.enabled is False and c.model.dropout_rate == 0.5 for _, c in cases)
+  plain = dict(benchmark.case_configs(["configs/cnn.py"], ""))
+  assert plain["cnn"].augment.enabled is True  # the file itself is left alone
+  with pytest.raises(UserError, match="--set augment.enable: none of configs/cnn.py"):
+    benchmark.case_configs(["configs/cnn.py"], "", ["augment.enable=false"])
+  with pytest.raises(UserError, match="--set 'augment.enabled': write FIELD=VALUE"):
+    benchmark.case_configs(["configs/cnn.py"], "", ["augment.enabled"])
+
+
 def test_variant_values_take_the_type_of_the_config_default():
   base = cnn_config.get_config()
   assert benchmark.with_override(base, "augment.enabled", "False").augment.enabled is False

@@ -19,6 +19,9 @@ def _define_benchmark(fv: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_string("variants", "", "FIELD=V1,V2: one case per value of one config "
                       "field (an A/B test), e.g. model.conv_impl=xla,im2col",
                       flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE in every case (before --variants); "
+                            "repeat it for several fields, e.g. --set augment.enabled=false",
+                            flag_values=fv)
   flags.DEFINE_integer("rounds", 7, "timed rounds per case", flag_values=fv)
   flags.DEFINE_integer("steps", 20, "train steps per round", flag_values=fv)
   flags.DEFINE_integer("seeds", 0, "also time one train step vmapped over this many "
@@ -52,6 +55,7 @@ def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
   if fv.ledger:
     from mnist_jax.tools import ledger
     ledger.run(fv.configs, fv.variants, steps=fv.steps, top=fv.top, out=fv.ledger_out,
+               sets=fv.set,
                refused={"--against": fv.against, "--against_only": fv.against_only,
                         "--separate_processes": fv.separate_processes, "--seeds": fv.seeds,
                         "--e2e_split": fv.e2e_split, "--fixed_costs": fv.fixed_costs})
@@ -63,12 +67,12 @@ def benchmark(fv: flags.FlagValues, args: List[str]) -> int:
   if fv.separate_processes:
     from mnist_jax.tools import separate_processes
     separate_processes.run(fv.configs, fv.variants, fv.against, fv.separate_processes,
-                           rounds=fv.rounds, steps=fv.steps, out=fv.out)
+                           rounds=fv.rounds, steps=fv.steps, out=fv.out, sets=fv.set)
     return 0
   from mnist_jax.tools import benchmark as benchmark_lib
   benchmark_lib.run(fv.configs, fv.variants, rounds=fv.rounds, steps=fv.steps,
                     seeds=fv.seeds, e2e_split=fv.e2e_split, out=fv.out,
-                    against=fv.against, against_only=fv.against_only)
+                    against=fv.against, against_only=fv.against_only, sets=fv.set)
   return 0
 
 

@@ -42,7 +42,7 @@ def check_twin(config: ml_collections.ConfigDict) -> None:
     raise UserError("--against torch: the PyTorch twin trains without augmentation "
                     "and without an EMA of the weights; compare a config with "
                     "augment.enabled=False and ema_decay=0 (e.g. configs/speedrun.py, or "
-                    "configs/cnn.py with --variants augment.enabled=false).")
+                    "configs/cnn.py with --set augment.enabled=false).")
   torch_models.build_torch_model(config.model)
 
 

@@ -5,7 +5,8 @@ r"""Throughput benchmark: `python -m mnist_jax benchmark [flags]`.
   python -m mnist_jax benchmark --configs configs/cnn.py,configs/speedrun.py \
       --against torch              # needs the extra: pip install -e .[bench]
 
-For each config (and each variant of one config field, for an A/B test):
+For each config (and each variant of one config field, for an A/B test; `--set
+FIELD=VALUE` holds other fields fixed in every case):
 training-step and evaluation images/s, compile time, model FLOPs per image,
 achieved GFLOP/s and that as a fraction of an f32 matmul rate measured in the
 same process on the same backend. All cases are compiled first, then timed in
@@ -183,15 +184,35 @@ def parse_variants(spec: str) -> List[Tuple[str, str]]:
   return [(field, v) for v in values.split(",")]
 
 
-def case_configs(config_paths: Sequence[str],
-                 variants: str) -> List[Tuple[str, ml_collections.ConfigDict]]:
-  """(label, config) per config and variant; a config without the varied field
-  gets one (e.g. conv_impl for the MLP), but the field must be in one of them."""
-  bases = [(path, load_config_file(path)) for path in config_paths]
-  varied = parse_variants(variants)[0][0]
-  if varied and not any(has_field(base, varied) for _, base in bases):
-    raise UserError(f"--variants {varied}: none of {', '.join(config_paths)} has that "
+def parse_sets(texts: Sequence[str]) -> Dict[str, str]:
+  """['augment.enabled=false', ...] -> {'augment.enabled': 'false', ...}."""
+  pairs = [text.split("=", 1) for text in texts]
+  for text, pair in zip(texts, pairs):
+    if len(pair) != 2 or not pair[0]:
+      raise UserError(f"--set {text!r}: write FIELD=VALUE (e.g. augment.enabled=false).")
+  return dict(pairs)
+
+
+def _check_some_config_has(flag: str, field: str, bases, config_paths) -> None:
+  if not any(has_field(base, field) for _, base in bases):
+    raise UserError(f"{flag} {field}: none of {', '.join(config_paths)} has that "
                     "field; check its spelling against the config files.")
+
+
+def case_configs(config_paths: Sequence[str], variants: str,
+                 sets: Sequence[str] = ()) -> List[Tuple[str, ml_collections.ConfigDict]]:
+  """(label, config) per config and variant, after `sets` (FIELD=VALUE texts,
+  the same in every case). A config without a set or varied field goes without
+  it (e.g. conv_impl for the MLP), but the field must be in one of them."""
+  bases = [(path, load_config_file(path)) for path in config_paths]
+  for field, value in parse_sets(sets).items():
+    _check_some_config_has("--set", field, bases, config_paths)
+    for _, base in bases:
+      if has_field(base, field):
+        apply_overrides(base, {field: value})
+  varied = parse_variants(variants)[0][0]
+  if varied:
+    _check_some_config_has("--variants", varied, bases, config_paths)
   configs = []  # all of them first: a bad value fails before any compiling
   for path, base in bases:
     name = os.path.splitext(os.path.basename(path))[0]
@@ -315,7 +336,7 @@ def torch_columns(case: Case) -> Dict:
 def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
         steps: int = 20, seeds: int = 0, e2e_split: str = "",
         out: str = "runs/benchmark.csv", against: str = "",
-        against_only: bool = False) -> List[Dict]:
+        against_only: bool = False, sets: Sequence[str] = ()) -> List[Dict]:
   """Times every case (module docstring), prints the table, writes `out` (CSV).
   `against_only`: time only the twins (ours is built for its initial weights)."""
   if against_only and (not against or seeds or e2e_split):
@@ -326,7 +347,7 @@ def run(configs: Sequence[str], variants: str = "", rounds: int = 7,
   if rounds < 1 or steps < 1:
     raise UserError(f"--rounds {rounds} --steps {steps}: time at least 1 round of 1 step.")
   other = against_module(against)  # a missing PyTorch fails before any compiling
-  labelled = case_configs(configs, variants)
+  labelled = case_configs(configs, variants, sets)
   print(mesh_lib.describe_devices())
   if other:
     for _, config in labelled:

@@ -266,11 +266,12 @@ def check_flags(steps: int, top: int, refused: Dict[str, object]) -> None:
 
 
 def run(configs: Sequence[str], variants: str = "", steps: int = 20, top: int = 15,
-        out: str = "", refused: Dict[str, object] = None) -> List[Dict]:
+        out: str = "", refused: Dict[str, object] = None,
+        sets: Sequence[str] = ()) -> List[Dict]:
   """The ledger of each config's (and variant's) train step, printed; JSON to `out`.
   `refused`: benchmark flags given with --ledger, which it does not combine with."""
   check_flags(steps, top, refused or {})
-  labelled = case_configs(configs, variants)
+  labelled = case_configs(configs, variants, sets)
   print(mesh_lib.describe_devices())
   mesh = mesh_lib.make_mesh()
   results = []

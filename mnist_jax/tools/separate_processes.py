@@ -9,7 +9,7 @@ round, so that load from elsewhere slows both alike; but then XLA's thread
 pool and PyTorch's OpenMP threads live side by side, and one's threads may
 still be spinning when the other's start. Here each framework runs in a fresh
 `benchmark` process of its own, alternating (ours, PyTorch, ours, PyTorch,
-...), N times each, with the same --configs, --variants, --rounds and
+...), N times each, with the same --configs, --set, --variants, --rounds and
 --steps: ours as plain `benchmark`, PyTorch as `benchmark --against torch
 --against_only` (our model is only built there, for its initial weights).
 The table holds each framework's median over the N processes and
@@ -41,7 +41,7 @@ def _benchmark_rows(args: Sequence[str], out: str) -> List[Dict[str, str]]:
 
 
 def run(configs: Sequence[str], variants: str, against: str, repeats: int,
-        rounds: int, steps: int, out: str) -> List[Dict]:
+        rounds: int, steps: int, out: str, sets: Sequence[str] = ()) -> List[Dict]:
   """Times ours and the twins in `repeats` alternating pairs of processes,
   prints the medians, writes `out` (CSV)."""
   if against != "torch" or repeats < 1:
@@ -49,6 +49,7 @@ def run(configs: Sequence[str], variants: str, against: str, repeats: int,
                     "framework's process: give --against torch.")
   common = ["--configs", ",".join(configs), "--rounds", str(rounds),
             "--steps", str(steps)] + (["--variants", variants] if variants else [])
+  common += [arg for text in sets for arg in ("--set", text)]
   ours: Dict[str, List[float]] = {}
   theirs: Dict[str, Dict[str, List[float]]] = {}
   with tempfile.TemporaryDirectory() as tmp:
