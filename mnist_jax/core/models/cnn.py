@@ -97,7 +97,7 @@ class CNN(nn.Module):
     batch norm, ReLU and max pooling commute: relu(max(a, b)) is max(relu(a),
     relu(b)), and the gradients agree bit for bit (both are zero wherever the
     window's maximum is not positive), so pooling first runs the activation
-    and its gradient on a quarter of the values (2x2 pooling): +15% images/s
+    and its gradient on a quarter of the values (2x2 pooling): +1-3% images/s
     for the default CNN's train step (docs/decisions.md)."""
     return self.pool_before_norm or (not self.batch_norm and act == "relu"
                                      and kind == "max")
